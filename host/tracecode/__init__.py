@@ -1,0 +1,3 @@
+"""TraceCode host tools: EN crypto, export batches, matching, sync station, virtual badges."""
+
+__version__ = "0.1.0"
