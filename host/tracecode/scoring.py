@@ -1,0 +1,141 @@
+"""EN v2 exposure windows, scores and health codes.
+
+Defaults (documented in docs/matching.md and printed by `tracecode match --json`):
+
+* attenuation thresholds 30 / 50 / 70 dB split each scan's time into immediate / near /
+  medium / other buckets, weighted 1.5 / 1.0 / 0.5 / 0.0;
+* report-type weights: CONFIRMED_TEST, CONFIRMED_CLINICAL_DIAGNOSIS and UNKNOWN 1.0,
+  SELF_REPORT 0.8, RECURSIVE 0.0, REVOKED never scores;
+* infectiousness from days since symptom onset: high (1.0) in -2..+5, standard (0.6) in
+  -14..-3 and +6..+14, none outside; unknown onset counts as high (the cautious choice);
+* a window is at most 30 minutes; a scan stands for the time since the previous scan of the
+  same key, capped at 5 minutes, and 2 minutes when unknown (the first scan of a window);
+* daily sum of window scores >= 900 (15 weighted minutes) is red, >= 300 (5) yellow.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+WINDOW_S = 30 * 60
+SCAN_CAP_S = 300
+SCAN_UNKNOWN_S = 120
+
+
+@dataclass
+class ScoringConfig:
+    thresholds_db: tuple[int, int, int] = (30, 50, 70)
+    bucket_weights: tuple[float, float, float, float] = (1.5, 1.0, 0.5, 0.0)
+    report_type_weights: dict[int, float] = field(
+        default_factory=lambda: {0: 1.0, 1: 1.0, 2: 1.0, 3: 0.8, 4: 0.0, 5: 0.0}
+    )
+    infectiousness_high: float = 1.0
+    infectiousness_standard: float = 0.6
+    red_threshold: float = 900.0
+    yellow_threshold: float = 300.0
+
+    def bucket(self, attenuation_db: int) -> int:
+        for i, t in enumerate(self.thresholds_db):
+            if attenuation_db <= t:
+                return i
+        return 3
+
+    def infectiousness(self, dsos: int | None) -> float:
+        if dsos is None or -2 <= dsos <= 5:
+            return self.infectiousness_high
+        if -14 <= dsos <= 14:
+            return self.infectiousness_standard
+        return 0.0
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["report_type_weights"] = {str(k): v for k, v in self.report_type_weights.items()}
+        return d
+
+
+BUCKETS = ("immediate", "near", "medium", "other")
+
+
+@dataclass
+class Window:
+    key_data: bytes
+    start: int
+    end: int
+    report_type: int
+    dsos: int | None
+    seconds: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    min_attenuation: int = 255
+    scans: int = 0
+    score: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "key_data": self.key_data.hex(),
+            "window_start": self.start,
+            "duration_s": int(round(sum(self.seconds))),
+            "attenuations": {b: int(round(s)) for b, s in zip(BUCKETS, self.seconds)},
+            "min_attenuation_db": self.min_attenuation,
+            "scans": self.scans,
+            "report_type": self.report_type,
+            "days_since_onset_of_symptoms": self.dsos,
+            "score": round(self.score, 1),
+        }
+
+
+def exposure_windows(matches, cfg: ScoringConfig) -> list[Window]:
+    """Group matches (objects with key, time, attenuation, min_attenuation, duration_s) into
+    windows per diagnosis key and score them."""
+    by_key = defaultdict(list)
+    for m in matches:
+        by_key[m.key.key_data].append(m)
+    windows: list[Window] = []
+    for key_data, ms in by_key.items():
+        ms.sort(key=lambda m: m.time)
+        key = ms[0].key
+        w: Window | None = None
+        prev_t: int | None = None
+        for m in ms:
+            if w is None or m.time >= w.start + WINDOW_S:
+                w = Window(key_data, m.time, m.time, key.report_type, key.days_since_onset_of_symptoms)
+                windows.append(w)
+                prev_t = None
+            if m.duration_s is not None:
+                secs = float(min(m.duration_s, SCAN_CAP_S))
+            elif prev_t is None:
+                secs = float(SCAN_UNKNOWN_S)
+            else:
+                secs = float(min(m.time - prev_t, SCAN_CAP_S))
+            prev_t = m.time
+            w.seconds[cfg.bucket(m.attenuation)] += secs
+            w.min_attenuation = min(w.min_attenuation, m.min_attenuation)
+            w.end = max(w.end, m.time)
+            w.scans += 1
+    for w in windows:
+        weighted = sum(s * bw for s, bw in zip(w.seconds, cfg.bucket_weights))
+        w.score = (
+            weighted
+            * cfg.report_type_weights.get(w.report_type, 1.0)
+            * cfg.infectiousness(w.dsos)
+        )
+    windows.sort(key=lambda w: (w.start, w.key_data))
+    return windows
+
+
+def daily_scores(windows: list[Window]) -> dict[int, float]:
+    """Sum of window scores per UTC day number."""
+    days: dict[int, float] = defaultdict(float)
+    for w in windows:
+        days[w.start // 86400] += w.score
+    return dict(days)
+
+
+def health_code(windows: list[Window], cfg: ScoringConfig, diagnosed: bool = False) -> str:
+    if diagnosed:
+        return "red"
+    best = max(daily_scores(windows).values(), default=0.0)
+    if best >= cfg.red_threshold:
+        return "red"
+    if best >= cfg.yellow_threshold:
+        return "yellow"
+    return "green"
