@@ -1,0 +1,224 @@
+"""`tracecode sync`: pull a badge's new log bytes into the database, then acknowledge them.
+
+Order of a session (each step safe to interrupt by unplugging):
+ 1. hello + HMAC authentication with the pairing secret from the database;
+ 2. set the badge clock (its drift is reported);
+ 3. list segments; for each day pull bytes from max(badge ack, database synced offset) to
+    the last whole record; verify the header and every record CRC (a bad record is read
+    again once; still bad means flash corruption: reported and skipped);
+ 4. ONE database transaction stores the records (UNIQUE per badge, day and record bytes)
+    and the synced offsets;
+ 5. only then acknowledge each day to the badge (it may now free acknowledged days);
+ 6. deliver a pending health code, read status (battery, flash, log), close with a soft reset.
+Unplugged before 4: nothing stored, nothing acknowledged; the next sync pulls it again.
+Unplugged between 4 and 5: the next sync pulls nothing new and acknowledges what is stored.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from ..errors import DeviceError
+from . import logfmt
+from .db import Database
+from .link import BadgeLink, BadgeRefused
+
+Progress = Callable[[str, int, int], None]   # (stage, done bytes, total bytes)
+
+
+@dataclass
+class SyncReport:
+    port: str
+    badge_id: str = ""
+    ok: bool = False
+    session_id: int | None = None
+    drift_s: float | None = None
+    records_new: int = 0
+    records_dup: int = 0
+    crc_errors: int = 0
+    payload_bytes: int = 0
+    wire_bytes: int = 0
+    pull_wire_bytes: int = 0
+    pull_seconds: float = 0.0
+    seconds: float = 0.0
+    acked: dict = field(default_factory=dict)
+    health_set: str | None = None
+    battery_pct: int | None = None
+    battery_mv: int | None = None
+    flash_free: int | None = None
+    flash_total: int | None = None
+    fw: str | None = None
+    running: bool | None = None
+    coverage: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.payload_bytes / self.pull_wire_bytes if self.pull_wire_bytes else 0.0
+
+    @property
+    def throughput(self) -> float:
+        return self.payload_bytes / self.pull_seconds if self.pull_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["payload_wire_ratio"] = round(self.ratio, 4)
+        d["payload_bytes_per_s"] = round(self.throughput, 1)
+        return d
+
+
+def _record_end(size: int) -> int:
+    """Offset just past the last whole record of a file of `size` bytes."""
+    if size < logfmt.HEADER_SIZE:
+        return 0
+    return logfmt.HEADER_SIZE + (size - logfmt.HEADER_SIZE) // logfmt.RECORD_SIZE * logfmt.RECORD_SIZE
+
+
+def authenticate(db: Database, link: BadgeLink) -> str:
+    """Check the badge is provisioned and known here, then prove the pairing secret."""
+    bid = link.badge_id
+    if not link.hello.get("provisioned"):
+        raise DeviceError(f"{link.port}: badge is not provisioned",
+                          hint="run `tracecode flash --skip-image` for it")
+    secret = db.secret(bid)
+    if secret is None:
+        raise DeviceError(f"{link.port}: badge {bid!r} is unknown to this station",
+                          hint="it was provisioned by another station database")
+    try:
+        link.auth(secret)
+    except BadgeRefused as exc:
+        if exc.code == "auth":
+            raise DeviceError(f"{link.port}: badge {bid!r} refused this station: the pairing "
+                              "secret does not match") from None
+        raise
+    return bid
+
+
+def sync_badge(db: Database, port: str, *, progress: Progress | None = None,
+               baudrate: int = 115200, set_clock: bool = True, now: Callable[[], float] = time.time,
+               link_factory=BadgeLink) -> SyncReport:
+    """Sync one badge; raises DeviceError on failure (nothing half-committed)."""
+    rep = SyncReport(port=port)
+    t0 = time.monotonic()
+    prog = progress or (lambda *a: None)
+    prog("connecting", 0, 0)
+    link = link_factory(port, baudrate=baudrate)
+    link.open()
+    session = None
+    try:
+        rep.badge_id = bid = authenticate(db, link)
+        session = rep.session_id = db.start_session(bid, port)
+        rep.fw = link.hello.get("fw")
+        if set_clock:
+            rep.drift_s = link.set_time(int(now()))
+        segs = link.segments()
+        synced = db.synced_offsets(bid)
+
+        plan = []
+        for seg in sorted(segs, key=lambda s: int(s["day"])):
+            day, size, acked = int(seg["day"]), int(seg["size"]), int(seg.get("acked", 0))
+            end = _record_end(size)
+            start = max(acked, synced.get(day, 0))
+            if synced.get(day, 0) > size:
+                rep.warnings.append(f"day {day}: badge file shorter than already synced; "
+                                    "pulling from its acknowledgement")
+                start = acked
+            if start < logfmt.HEADER_SIZE:
+                start = 0
+            plan.append((day, start, end, acked))
+        total = sum(max(0, e - s) for _, s, e, _ in plan)
+        done = 0
+
+        def on_data(n):
+            nonlocal done
+            prog("pulling", min(done, total), total)
+
+        # -- pull (nothing is stored until every day is pulled and checked) --
+        pulled: dict[int, tuple[int, list[logfmt.Encounter]]] = {}
+        wire0 = link.wire_bytes
+        tp = time.monotonic()
+        for day, start, end, _acked in plan:
+            if end <= start:
+                continue
+            data = link.read_range(day, start, end, on_data=on_data)
+            rep.payload_bytes += len(data)
+            done += len(data)
+            prog("pulling", min(done, total), total)
+            records, pos = [], start
+            if start == 0:
+                why = logfmt.check_header(data[:logfmt.HEADER_SIZE], day)
+                if why:
+                    rep.warnings.append(f"day {day}: segment header invalid ({why}); skipped")
+                    continue
+                pos = logfmt.HEADER_SIZE
+            while pos + logfmt.RECORD_SIZE <= start + len(data):
+                rec = data[pos - start: pos - start + logfmt.RECORD_SIZE]
+                if not logfmt.crc_ok(rec):
+                    again = link.read_range(day, pos, pos + logfmt.RECORD_SIZE)
+                    if logfmt.crc_ok(again):
+                        rec = again
+                    else:
+                        rep.crc_errors += 1
+                        pos += logfmt.RECORD_SIZE
+                        continue
+                try:
+                    records.append(logfmt.decode_record(rec, day, pos))
+                except ValueError:
+                    rep.crc_errors += 1
+                pos += logfmt.RECORD_SIZE
+            pulled[day] = (pos, records)
+        rep.pull_seconds = time.monotonic() - tp
+        rep.pull_wire_bytes = link.wire_bytes - wire0
+
+        # -- commit: one transaction --
+        prog("committing", done, total)
+        rep.records_new, rep.records_dup = db.commit_pull(bid, session, pulled)
+
+        # -- acknowledge what the database holds --
+        prog("acknowledging", done, total)
+        stored = db.synced_offsets(bid)
+        for day, _start, end, acked in plan:
+            off = min(stored.get(day, 0), end)
+            if off > acked:
+                link.ack(day, off)
+                db.mark_acked(bid, day, off)
+                rep.acked[str(day)] = off
+
+        # -- health code --
+        pending = db.pending_health(bid)
+        if pending is not None:
+            link.set_health(pending["code"])
+            db.mark_health_delivered(pending["id"], session)
+            rep.health_set = pending["code"]
+
+        status = link.status()
+        rep.battery_pct = status.get("battery_pct")
+        rep.battery_mv = status.get("battery_mv")
+        rep.flash_free = status.get("flash_free")
+        rep.flash_total = status.get("flash_total")
+        rep.running = status.get("running")
+        rep.fw = status.get("fw", rep.fw)
+        db.update_badge_status(bid, status, port=port, synced=True)
+        rep.coverage = db.coverage(bid)
+        rep.wire_bytes = link.wire_bytes
+        rep.seconds = time.monotonic() - t0
+        db.finish_session(session, "ok", drift_s=rep.drift_s, payload_bytes=rep.payload_bytes,
+                          wire_bytes=rep.wire_bytes, records_new=rep.records_new,
+                          records_dup=rep.records_dup, crc_errors=rep.crc_errors,
+                          acked=len(rep.acked))
+        rep.ok = True
+        prog("done", done, total)
+        return rep
+    except BaseException as exc:
+        if session is not None:
+            try:
+                db.finish_session(session, "failed", error=str(exc)[:300],
+                                  payload_bytes=rep.payload_bytes, wire_bytes=link.wire_bytes)
+            except Exception:
+                pass
+        raise
+    finally:
+        link.close()
