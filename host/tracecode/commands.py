@@ -11,7 +11,7 @@ from . import en, export
 from .cli import print_json
 from .errors import InputError
 from .exports_source import collect_batches
-from .matcher import evaluate, read_sightings_csv
+from .matcher import evaluate, evaluate_many, read_sightings_csv
 from .progress import progress_bar
 from .scoring import ScoringConfig
 
@@ -132,7 +132,6 @@ def cmd_match(args) -> int:
     )
     keys = [k for b in batches for k in b.keys]
     revised = [k for b in batches for k in b.revised_keys]
-    sightings = read_sightings_csv(args.sightings)
     cfg = ScoringConfig()
     if args.thresholds:
         try:
@@ -142,6 +141,9 @@ def cmd_match(args) -> int:
         if len(t) != 3 or not t[0] <= t[1] <= t[2]:
             raise InputError("--thresholds takes three ascending integers, e.g. 30,50,70")
         cfg.thresholds_db = t  # type: ignore[assignment]
+    if args.db:
+        return _match_db(args, batches, keys, revised, cfg)
+    sightings = read_sightings_csv(args.sightings)
     t0 = time.perf_counter()
     with progress_bar("matching keys", enabled=None if not args.json else False) as update:
         res = evaluate(keys, sightings, revised_keys=revised, config=cfg, jobs=args.jobs, progress=update)
@@ -164,6 +166,40 @@ def cmd_match(args) -> int:
               f"{j['duration_s'] // 60:3d} min  immediate {a['immediate']}s near {a['near']}s "
               f"medium {a['medium']}s other {a['other']}s  min att {j['min_attenuation_db']} dB  score {j['score']}")
     print(f"health code: {res.health_code}")
+    return 0
+
+
+def _match_db(args, batches, keys, revised, cfg) -> int:
+    """Match every badge's synced log in the station database; queue their health codes."""
+    from .station.db import Database
+
+    with Database(args.db, create=False) as db:
+        badges = [b["badge_id"] for b in db.badges()]
+        logs = {b: db.sightings(b) for b in badges}
+        diagnosed = [b["badge_id"] for b in db.badges() if b["diagnosed_at"] is not None]
+        t0 = time.perf_counter()
+        with progress_bar("matching keys", enabled=None if not args.json else False) as update:
+            results = evaluate_many(keys, logs, revised_keys=revised, config=cfg, jobs=args.jobs,
+                                    diagnosed=diagnosed, progress=update)
+        dt = time.perf_counter() - t0
+        for badge, res in results.items():
+            reason = "diagnosed" if badge in diagnosed else None
+            db.record_match(badge, res, reason)
+    if args.json:
+        print_json({
+            "badges": {b: {"health_code": r.health_code, "exposures": [w.to_json() for w in r.windows],
+                           "matched_sightings": len(r.matches), "sightings": len(logs[b])}
+                       for b, r in results.items()},
+            "batches": [{"file": b.source, "signature": b.signature, "keys": len(b.keys)} for b in batches],
+            "seconds": round(dt, 3),
+            "scoring": cfg.to_json(),
+        })
+        return 0
+    print(f"{len(batches)} batches, {len(keys)} keys, {len(badges)} badges, {dt:.2f} s")
+    for b, r in results.items():
+        mins = sum(w.to_json()["duration_s"] for w in r.windows) // 60
+        print(f"  {b:20s} {len(logs[b]):6d} sightings  {len(r.windows):3d} windows {mins:4d} min  -> {r.health_code}")
+    print("health codes are queued; the next `tracecode sync` writes them to the badges")
     return 0
 
 
@@ -214,7 +250,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     mt = sub.add_parser("match", help="match sightings against published diagnosis keys")
     mt.add_argument("--exports", nargs="+", required=True, metavar="PATH_OR_URL",
                     help="batch files, folders with index.txt, or key-server URLs")
-    mt.add_argument("--sightings", required=True, metavar="CSV", help="CSV with header time,rpi,aem,rssi")
+    src = mt.add_mutually_exclusive_group(required=True)
+    src.add_argument("--sightings", metavar="CSV", help="CSV with header time,rpi,aem,rssi")
+    src.add_argument("--db", metavar="SQLITE", help="match every badge synced into this station database")
     mt.add_argument("--pubkey", action="append", metavar="PEM", help="public key to verify batches (repeatable)")
     mt.add_argument("--allow-unsigned", action="store_true")
     mt.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")

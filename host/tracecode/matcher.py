@@ -79,6 +79,10 @@ class MatchResult:
     stats: MatchStats
     config: ScoringConfig = field(default_factory=ScoringConfig)
 
+    @property
+    def exposures(self) -> list[Window]:
+        return self.windows
+
     def to_json(self) -> dict:
         return {
             "exposures": [w.to_json() for w in self.windows],
@@ -259,6 +263,38 @@ def evaluate(
         stats=stats,
         config=cfg,
     )
+
+
+def evaluate_many(
+    keys: Iterable[DiagnosisKey],
+    logs: dict[str, Sequence[Sighting]],
+    *,
+    revised_keys: Iterable[DiagnosisKey] = (),
+    config: ScoringConfig | None = None,
+    jobs: int | None = None,
+    diagnosed: Iterable[str] = (),
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, MatchResult]:
+    """`evaluate` for many logs (one per badge) at the cost of one key derivation pass."""
+    cfg = config or ScoringConfig()
+    diagnosed = set(diagnosed)
+    owners: list[str] = []
+    merged: list[Sighting] = []
+    for name, log in logs.items():
+        merged.extend(log)
+        owners.extend([name] * len(log))
+    stats = MatchStats()
+    matches = match(keys, merged, revised_keys=revised_keys, jobs=jobs, progress=progress, stats=stats)
+    per: dict[str, list[Match]] = {name: [] for name in logs}
+    for m in matches:
+        per[owners[m.sighting_index]].append(m)
+    out = {}
+    for name, ms in per.items():
+        windows = exposure_windows(ms, cfg)
+        st = MatchStats(**{**stats.__dict__, "matches": len(ms)})
+        out[name] = MatchResult(ms, windows, health_code(windows, cfg, name in diagnosed),
+                                daily_scores(windows), st, cfg)
+    return out
 
 
 # ----------------------------------------------------------------------------- CSV

@@ -138,3 +138,15 @@ def test_csv_roundtrip_and_errors(tmp_path, vectors):
     nohdr.write_text("a,b\n")
     with pytest.raises(InputError, match="header"):
         read_sightings_csv(nohdr)
+
+
+def test_evaluate_many_splits_matches_per_log(vectors, vector_key):
+    from tracecode.matcher import evaluate_many
+
+    near = [_heard(vectors, i, rssi=-30) for i in range(0, 12)]
+    far = [_heard(vectors, 60, rssi=-95)]
+    res = evaluate_many([vector_key], {"a": near, "b": far, "c": noise(20, 0)}, jobs=1, diagnosed=["c"])
+    assert len(res["a"].matches) == 12 and len(res["b"].matches) == 1 and res["c"].matches == []
+    assert res["a"].health_code in ("yellow", "red")
+    assert res["b"].health_code == "green"
+    assert res["c"].health_code == "red"  # diagnosed wearer
