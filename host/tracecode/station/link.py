@@ -11,6 +11,8 @@ restarts the badge's firmware (main.py).
 from __future__ import annotations
 
 import binascii
+import contextlib
+import io
 import hashlib
 import hmac
 import json
@@ -75,7 +77,8 @@ class BadgeLink:
         self.authenticated = False
 
     # -- session ---------------------------------------------------------------------------
-    def open(self) -> dict:
+    def open(self, probe: bool = True) -> dict:
+        """Open the port and enter the raw REPL; with `probe`, also say hello."""
         from mpremote.transport import TransportError
         from mpremote.transport_serial import SerialTransport
 
@@ -89,12 +92,18 @@ class BadgeLink:
         self.serial = CountingSerial(self.transport.serial)
         self.transport.serial = self.serial
         try:
-            self.transport.enter_raw_repl(soft_reset=self.soft_reset,
-                                          timeout_overall=self.timeout_s)
+            # mpremote prints what it saw when this fails; we report one line instead.
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.transport.enter_raw_repl(soft_reset=self.soft_reset,
+                                              timeout_overall=self.timeout_s)
         except Exception:
             self._close_port()
             raise DeviceError(f"{self.port}: no MicroPython raw REPL answers",
                               hint="is this a badge with MicroPython?") from None
+        return self.probe() if probe else {}
+
+    def probe(self) -> dict:
+        """Create the badge's Host object and say hello (a fresh challenge nonce)."""
         try:
             out = self.run("from tcbadge.hostif import Host\nh = Host()\nh.hello()")
         except DeviceError:

@@ -1,0 +1,446 @@
+"""Station subcommands: flash, sync, diagnose, status, db."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..errors import DeviceError, InputError, TraceCodeError
+from . import ports as portmod
+from .db import Database, default_path
+
+
+# ---------------------------------------------------------------------------- helpers
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, default=None,
+                   help="station database (default: $TRACECODE_DB or ./tracecode.sqlite)")
+
+
+def _add_ports(p: argparse.ArgumentParser, parallel: bool = True) -> None:
+    p.add_argument("--port", action="append", default=None, metavar="PORT",
+                   help="device path or pyserial URL (socket://HOST:PORT); repeatable; "
+                        "default: every badge found by USB VID/PID")
+    if parallel:
+        p.add_argument("--parallel", type=int, default=1, metavar="N",
+                       help="serve N badges at a time (default 1: one after another)")
+
+
+def _db_path(args) -> Path:
+    return Path(args.db) if args.db else default_path()
+
+
+class Progress:
+    """One progress line per badge (rich) when stdout is a terminal; quiet otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stdout.isatty()
+        self._p = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (BarColumn, DownloadColumn, Progress as RP, TextColumn,
+                                       TransferSpeedColumn)
+            self._p = RP(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                         TransferSpeedColumn(), TextColumn("{task.fields[stage]}"))
+            self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+    def line(self, label: str):
+        if self._p is None:
+            return lambda *a: None
+        task = self._p.add_task(label, total=None, stage="")
+
+        def update(stage: str, done: int, total: int):
+            self._p.update(task, completed=done, total=total or None, stage=stage)
+        return update
+
+    def print(self, text: str) -> None:
+        if self._p is not None:
+            self._p.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, flush=True)
+
+
+def _serve(ports, parallel: int, job):
+    """Run job(port) for every port, N at a time; returns [(port, result | exception)]."""
+    def one(p):
+        try:
+            return p, job(p)
+        except TraceCodeError as exc:
+            return p, exc
+    if parallel <= 1 or len(ports) <= 1:
+        return [one(p) for p in ports]
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return list(pool.map(one, ports))
+
+
+def _fmt_time(t) -> str:
+    if not t:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(t))) + "Z"
+
+
+def _fmt_bytes(n) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1024:.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
+# ---------------------------------------------------------------------------- flash
+def _parse_config(items: list[str] | None) -> dict:
+    out: dict = {}
+    for item in items or []:
+        if item.startswith("{"):
+            try:
+                out.update(json.loads(item))
+            except ValueError:
+                raise InputError(f"--config {item!r} is not a JSON object") from None
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--config {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def cmd_flash(args) -> int:
+    from . import flasher
+
+    board = flasher.Board.load(args.board, Path(args.boards_dir))
+    opts = flasher.FlashOptions(
+        board=board, image=Path(args.image) if args.image else None, erase=not args.no_erase,
+        skip_image=args.skip_image, firmware_dir=Path(args.firmware_dir),
+        aioble_dir=Path(args.aioble_dir) if args.aioble_dir else None,
+        aioble_mip=not args.no_aioble, badge_id=args.badge_id,
+        config=_parse_config(args.config), reprovision=args.reprovision, baud=args.baud)
+    ports = portmod.resolve(args.port)
+    if args.badge_id and len(ports) > 1:
+        raise InputError("--badge-id names one badge; give a single --port")
+    if args.dry_run:
+        with _DryDb(_db_path(args)) as db:
+            for p in ports:
+                print(f"# {p.device}" + (" (virtual badge)" if p.is_virtual else ""))
+                for i, step in enumerate(flasher.plan(p, opts, db, {}), 1):
+                    print(f"{i:2d}. [{step.kind}] {step.text}")
+        return 0
+    results = []
+    Database(_db_path(args)).close()   # create / migrate once, before parallel workers
+    with Progress(not args.json) as prog:
+        def job(p):
+            with Database(_db_path(args)) as db:
+                def on_step(i, n, step):
+                    prog.print(f"{p.device}: [{i + 1}/{n}] {step.text}")
+                return flasher.flash_badge(p, opts, db, on_step=on_step)
+        results = _serve(ports, args.parallel, job)
+    return _report(results, args, lambda r: f"{r['port']}: flashed badge {r['badge_id']} "
+                                            f"({r['board']})" + "".join(
+                                                f"\n  warning: {w}" for w in r["warnings"]))
+
+
+class _DryDb:
+    """What --dry-run shows of the database: its path only; nothing is opened or written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def _report(results, args, fmt) -> int:
+    failed = [(p, r) for p, r in results if isinstance(r, Exception)]
+    if args.json:
+        from ..cli import print_json
+        print_json([r.as_dict() if hasattr(r, "as_dict") else r
+                    if not isinstance(r, Exception) else
+                    {"port": p.device, "ok": False, "error": str(r)} for p, r in results])
+    else:
+        for p, r in results:
+            if not isinstance(r, Exception):
+                print(fmt(r))
+    if len(results) == 1 and failed:
+        raise failed[0][1]
+    for p, r in failed:
+        print(f"tracecode: error: {r}", file=sys.stderr)
+    return 4 if failed else 0
+
+
+# ---------------------------------------------------------------------------- sync
+def _sync_line(r) -> str:
+    drift = "-" if r.drift_s is None else f"{r.drift_s:+.0f} s"
+    cov = r.coverage or {}
+    gaps = len(cov.get("gaps") or [])
+    text = (f"{r.port}: badge {r.badge_id}: {r.records_new} new, {r.records_dup} already synced, "
+            f"{r.crc_errors} bad CRC; clock drift {drift}; battery "
+            f"{'-' if r.battery_pct is None else str(r.battery_pct) + '%'}; flash free "
+            f"{_fmt_bytes(r.flash_free)} of {_fmt_bytes(r.flash_total)}; log "
+            f"{_fmt_time(cov.get('first'))} .. {_fmt_time(cov.get('last'))}, {gaps} gap(s); "
+            f"{r.payload_bytes} B at {r.throughput / 1024:.1f} KiB/s, payload/wire "
+            f"{r.ratio:.2f}")
+    if r.health_set:
+        text += f"; health code -> {r.health_set}"
+    for w in r.warnings:
+        text += f"\n  warning: {w}"
+    if r.running is False:
+        text += "\n  warning: the badge reports its firmware was not running"
+    return text
+
+
+def cmd_sync(args) -> int:
+    from .sync import sync_badge
+
+    ports = portmod.resolve(args.port)
+    path = _db_path(args)
+    Database(path).close()   # create / migrate once, before parallel workers
+    with Progress(not args.json) as prog:
+        def job(p):
+            with Database(path) as db:
+                return sync_badge(db, p.device, progress=prog.line(p.device),
+                                  baudrate=args.baud)
+        results = _serve(ports, args.parallel, job)
+    return _report(results, args, _sync_line)
+
+
+# ---------------------------------------------------------------------------- diagnose
+def _find_badge_port(db: Database, badge_id: str, given: list[str] | None) -> str:
+    if given:
+        if len(given) > 1:
+            raise InputError("diagnose serves one badge: give a single --port")
+        return given[0]
+    row = db.badge(badge_id)
+    found = portmod.detect()
+    if row is not None and row["last_port"] and any(p.device == row["last_port"] for p in found):
+        return row["last_port"]
+    if len(found) == 1:
+        return found[0].device
+    if not found:
+        raise DeviceError("no badge found on USB", hint="pass --port")
+    raise InputError("several badges attached: pass --port for badge " + badge_id)
+
+
+def cmd_diagnose(args) -> int:
+    from .diagnose import REPORT_TYPES, diagnose
+
+    with Database(_db_path(args), create=False) as db:
+        port = _find_badge_port(db, args.badge, args.port)
+        result = diagnose(
+            db, port, args.badge, report_type=REPORT_TYPES[args.report_type],
+            onset_days=args.onset_days, out_dir=Path(args.out) if args.out else None,
+            signing_key=Path(args.signing_key) if args.signing_key else None,
+            keyserver=args.keyserver, code=args.code, wait_s=args.wait,
+            prompt=lambda text: print(text, file=sys.stderr if args.json else sys.stdout,
+                                      flush=True))
+    if args.json:
+        from ..cli import print_json
+        print_json(result)
+    else:
+        print(f"badge {result['badge_id']}: {result['keys']} key(s) exported to "
+              f"{result['destination']}; health code red")
+    return 0
+
+
+# ---------------------------------------------------------------------------- status
+def _live_status(path: Path, device: str) -> dict:
+    from .link import BadgeLink
+
+    with BadgeLink(device) as link:
+        st = link.status()
+        st["_hello"] = link.hello
+    with Database(path) as db:
+        if db.badge(link.badge_id) is not None:
+            db.update_badge_status(link.badge_id, st, port=device)
+    return st
+
+
+def cmd_status(args) -> int:
+    path = _db_path(args)
+    live: dict[str, dict] = {}
+    errors: list[str] = []
+    if args.port or args.live:
+        Database(path).close()
+        for p, r in _serve(portmod.resolve(args.port), args.parallel, lambda p: _live_status(path, p.device)):
+            if isinstance(r, Exception):
+                errors.append(str(r))
+            else:
+                live[str(r.get("id") or r["_hello"].get("id"))] = dict(r, port=p.device)
+    rows = []
+    with Database(path) as db:
+        for b in db.badges():
+            bid = b["badge_id"]
+            health = db.current_health(bid)
+            st = live.get(bid)
+            running = bool(st["running"]) if st and "running" in st else (
+                None if b["running"] is None else bool(b["running"]))
+            row = {
+                "badge_id": bid, "board": b["board"],
+                "health": health["code"] if health else None,
+                "health_pending": bool(health and health["delivered_at"] is None),
+                "health_shown": (st or {}).get("health", b["health_shown"]),
+                "last_sync": b["last_sync"], "battery_pct": (st or {}).get("battery_pct", b["battery_pct"]),
+                "battery_mv": (st or {}).get("battery_mv", b["battery_mv"]),
+                "flash_free": (st or {}).get("flash_free", b["flash_free"]),
+                "flash_total": (st or {}).get("flash_total", b["flash_total"]),
+                "fw": (st or {}).get("fw", b["fw_version"]), "running": running,
+                "encounters": db.encounter_count(bid), "diagnosed": b["diagnosed_at"] is not None,
+                "attached": (st or {}).get("port"),
+            }
+            row["error"] = ("firmware not running" if (st is not None and running is False)
+                            else None)
+            rows.append(row)
+        for bid, st in live.items():
+            if db.badge(bid) is None:
+                rows.append({"badge_id": bid, "attached": st["port"], "fw": st.get("fw"),
+                             "running": st.get("running"),
+                             "error": "unknown badge (not provisioned by this station)"})
+    for r in rows:
+        if r.get("error"):
+            errors.append(f"badge {r['badge_id']}: {r['error']}")
+    if args.json:
+        from ..cli import print_json
+        print_json({"badges": rows, "errors": errors})
+    else:
+        _status_table(rows)
+        for e in errors:
+            print(f"tracecode: error: {e}", file=sys.stderr)
+    return 4 if errors else 0
+
+
+def _status_table(rows: list[dict]) -> None:
+    headers = ["badge", "health", "last sync", "battery", "flash free", "fw", "encounters",
+               "state"]
+    table = []
+    for r in rows:
+        health = r.get("health") or "-"
+        if r.get("health_pending"):
+            health += " (pending)"
+        state = r.get("error") or ("running" if r.get("running") else
+                                   "-" if r.get("running") is None else "stopped")
+        if r.get("attached"):
+            state += f" @ {r['attached']}"
+        table.append([r["badge_id"], health, _fmt_time(r.get("last_sync")),
+                      "-" if r.get("battery_pct") is None else f"{r['battery_pct']}%",
+                      _fmt_bytes(r.get("flash_free")), r.get("fw") or "-",
+                      str(r.get("encounters", "-")), state])
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+        t = Table(*headers)
+        for row in table:
+            t.add_row(*row)
+        Console().print(t)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in table)) if table else len(h)
+              for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+# ---------------------------------------------------------------------------- db
+def cmd_db(args) -> int:
+    with Database(_db_path(args), create=False) as db:
+        if args.db_command == "check":
+            rep = db.check()
+            if args.json:
+                from ..cli import print_json
+                print_json(rep)
+            else:
+                print(f"{db.path}: schema version {rep['schema_version']} (expected "
+                      f"{rep['expected_schema_version']}), sqlite integrity "
+                      f"{'ok' if rep['integrity'] == ['ok'] else '; '.join(rep['integrity'][:5])}, "
+                      f"{rep['foreign_key_violations']} foreign-key violation(s), "
+                      f"{rep['records']} record(s), {len(rep['bad_crc'])} bad CRC")
+            if not rep["ok"]:
+                raise TraceCodeError(f"{db.path}: database check failed")
+            return 0
+        if args.db_command == "set-health":
+            db.set_health_code(args.badge, args.code, args.reason or "set by hand")
+            print(f"badge {args.badge}: health code {args.code} queued for the next sync")
+            return 0
+    return 2
+
+
+# ---------------------------------------------------------------------------- register
+def register(sub) -> None:
+    p = sub.add_parser("flash", help="write MicroPython, install the firmware, provision badges")
+    _add_ports(p)
+    _add_db(p)
+    p.add_argument("--board", required=True, help="board profile name (boards/<name>.json)")
+    p.add_argument("--image", help="MicroPython firmware image (.bin) for the board's chip")
+    p.add_argument("--no-erase", action="store_true", help="do not erase the flash first")
+    p.add_argument("--skip-image", action="store_true",
+                   help="only install the firmware files and provision")
+    p.add_argument("--firmware-dir", default=str(__import__(
+        "tracecode.station.flasher", fromlist=["x"]).DEFAULT_FIRMWARE_DIR))
+    p.add_argument("--boards-dir", default=str(__import__(
+        "tracecode.station.flasher", fromlist=["x"]).DEFAULT_BOARDS_DIR))
+    p.add_argument("--aioble-dir", help="install aioble from this local folder")
+    p.add_argument("--no-aioble", action="store_true", help="do not try `mip install aioble`")
+    p.add_argument("--badge-id", help="badge id to provision (default: the badge's own)")
+    p.add_argument("--config", action="append", metavar="KEY=VALUE|JSON",
+                   help="badge configuration (tx_power_dbm, scan_every_s, ...); repeatable")
+    p.add_argument("--reprovision", action="store_true",
+                   help="wipe a badge paired with another station (its keys and log too)")
+    p.add_argument("--baud", type=int, default=460800, help="esptool baud rate")
+    p.add_argument("--dry-run", action="store_true", help="print every step, touch nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_flash)
+
+    p = sub.add_parser("sync", help="pull new log data from badges, set clocks and health codes")
+    _add_ports(p)
+    _add_db(p)
+    p.add_argument("--baud", type=int, default=115200, help="serial baud rate (USB-UART)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("diagnose", help="export a diagnosed wearer's keys after button consent")
+    _add_ports(p, parallel=False)
+    _add_db(p)
+    p.add_argument("--badge", required=True, metavar="ID")
+    from .diagnose import REPORT_TYPES
+    p.add_argument("--report-type", choices=sorted(REPORT_TYPES), default="confirmed-test")
+    p.add_argument("--onset-days", type=int, default=None,
+                   help="days from symptom onset to today (omit if unknown)")
+    p.add_argument("--out", metavar="DIR", help="write a signed export batch here")
+    p.add_argument("--signing-key", metavar="PEM", help="private key signing the batch")
+    p.add_argument("--keyserver", metavar="URL", help="upload to this key server instead")
+    p.add_argument("--code", help="the wearer's one-time verification code (with --keyserver)")
+    p.add_argument("--wait", type=float, default=60.0, metavar="S",
+                   help="seconds the badge waits for its button (default 60)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser("status", help="badges: health code, last sync, battery, storage, firmware")
+    _add_ports(p)
+    _add_db(p)
+    p.add_argument("--live", action="store_true",
+                   help="also query every attached badge (implied by --port)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("db", help="station database maintenance")
+    dsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    c = dsub.add_parser("check", help="integrity, record CRCs, schema version")
+    _add_db(c)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_db)
+    c = dsub.add_parser("set-health", help="queue a health code for a badge's next sync")
+    _add_db(c)
+    c.add_argument("badge")
+    c.add_argument("code", choices=("green", "yellow", "red"))
+    c.add_argument("--reason", default="")
+    c.set_defaults(func=cmd_db)
