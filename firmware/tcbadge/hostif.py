@@ -1,0 +1,298 @@
+# Host interface (docs/hostif.md): the host calls these methods through the raw REPL; each
+# prints exactly one line, a JSON object or a base64 line, and never raises. Only hello,
+# auth, status and (unprovisioned) provision work before authentication.
+import binascii
+import json
+import os
+import sys
+import time
+
+from micropython import const
+
+import tcbadge
+
+from . import clock, config, crypto, enlog, fsutil, health, keystore
+
+PROTO = const(1)
+_MAX_READ = const(12288)
+_MAX_WAIT_MS = const(300000)
+_POLL_MS = const(20)
+_HEARTBEAT_S = const(660)
+
+
+def _out(obj):
+    sys.stdout.write(json.dumps(obj))
+    sys.stdout.write("\n")
+
+
+def _err(code, msg):
+    _out({"error": code, "msg": msg})
+
+
+def _same(a, b):
+    # Constant-time comparison of two byte strings.
+    if len(a) != len(b):
+        return False
+    r = 0
+    for i in range(len(a)):
+        r |= a[i] ^ b[i]
+    return r == 0
+
+
+def _obj(js):
+    if isinstance(js, dict):
+        return js
+    return json.loads(js)
+
+
+class Host:
+    def __init__(self, root=""):
+        self.root = root
+        config.ensure_dirs(root)
+        self.prov = config.Provisioning(root)
+        self.clock = clock.Clock(root)
+        self._nonce = None
+        self._authed = False
+
+    def _log(self):
+        return enlog.EncounterLog(self.root)
+
+    def _call(self, fn, need_auth, *args):
+        if need_auth and not self._authed:
+            _err("auth", "authenticate first")
+            return
+        try:
+            fn(*args)
+        except (ValueError, TypeError, KeyError) as e:
+            _err("input", str(e))
+        except OSError as e:
+            _err("os", "flash error %s" % (e.args[0] if e.args else ""))
+        except Exception as e:
+            _err("internal", type(e).__name__)
+
+    # -- no authentication
+    def hello(self):
+        self._call(self._hello, False)
+
+    def _hello(self):
+        self._nonce = os.urandom(16)
+        _out({"proto": PROTO, "fw": tcbadge.VERSION, "id": self.prov.badge_id(),
+              "board": self.prov.profile().get("name", "generic-esp32"),
+              "provisioned": self.prov.provisioned(),
+              "nonce": binascii.hexlify(self._nonce).decode()})
+
+    def auth(self, mac_hex):
+        self._call(self._auth, False, mac_hex)
+
+    def _auth(self, mac_hex):
+        secret = self.prov.secret()
+        nonce = self._nonce
+        self._nonce = None  # one attempt per nonce
+        if secret is None or nonce is None:
+            _err("auth", "no pairing secret or no nonce (call hello first)")
+            return
+        want = crypto.hmac_sha256(secret, b"tc-auth-v1" + nonce + self.prov.badge_id().encode())
+        try:
+            got = binascii.unhexlify(mac_hex)
+        except ValueError:
+            got = b""
+        if _same(want, got):
+            self._authed = True
+            _out({"ok": True})
+        else:
+            _err("auth", "wrong MAC")
+
+    def provision(self, js):
+        if self.prov.provisioned() and not self._authed:
+            _err("auth", "already provisioned; authenticate first")
+            return
+        self._call(self._provision, False, js)
+
+    def _provision(self, js):
+        d = _obj(js)
+        bid = d.get("id")
+        if not isinstance(bid, str) or not 0 < len(bid) <= 40:
+            raise ValueError("id must be a string of 1..40 characters")
+        secret = binascii.unhexlify(d.get("secret", ""))
+        if len(secret) != 32:
+            raise ValueError("secret must be 32 bytes in hex")
+        profile = d.get("profile") or self.prov.profile()
+        if not isinstance(profile, dict):
+            raise ValueError("profile must be an object")
+        base = dict(config.DEFAULTS)
+        base["tx_power_dbm"] = profile.get("tx_power_dbm", base["tx_power_dbm"])
+        cfg = config.validate(d.get("config") or {}, base)
+        t = d.get("time")
+        if t is not None and (not isinstance(t, int) or t < 1577836800):
+            raise ValueError("time must be Unix seconds")
+        self.prov.data = {"id": bid, "board": d.get("board") or profile.get("name", ""),
+                          "secret": binascii.hexlify(secret).decode(), "config": cfg,
+                          "profile": profile}
+        self.prov.save()
+        if t is not None:
+            self.clock.set(t)
+        self._authed = True
+        _out({"ok": True})
+
+    def status(self):
+        self._call(self._status, False)
+
+    def _battery(self):
+        b = self.prov.profile().get("battery")
+        if not b:
+            return None, None
+        try:
+            import machine
+
+            adc = machine.ADC(machine.Pin(b["pin"]))
+            try:
+                adc.atten(machine.ADC.ATTN_11DB)
+            except (AttributeError, ValueError):
+                pass
+            mv = int(adc.read_uv() * b.get("divider", 2) / 1000)
+        except (ImportError, OSError, ValueError, KeyError):
+            return None, None
+        lo = b.get("empty_mv", 3300)
+        hi = b.get("full_mv", 4150)
+        pct = (mv - lo) * 100 // (hi - lo)
+        return mv, max(0, min(100, pct))
+
+    def _running(self):
+        st = tcbadge.RUN.get("state")
+        if st is not None:
+            return st != "crashed", st
+        if fsutil.exists(self.root + "/tc/crash.txt"):
+            return False, "crashed"
+        # After a soft reset into the raw REPL the RAM record is gone: the app persists the
+        # time every 5 minutes while it runs, so a recent heartbeat means it was running.
+        raw = fsutil.read(self.root + "/tc/clock.bin")
+        if raw and len(raw) >= 4 and self.clock.is_set():
+            last = raw[0] | (raw[1] << 8) | (raw[2] << 16) | (raw[3] << 24)
+            if 0 <= self.clock.now() - last <= _HEARTBEAT_S:
+                return True, "heartbeat"
+        return False, "stopped"
+
+    def _status(self):
+        log = self._log()
+        mv, pct = self._battery()
+        free, total = fsutil.free_bytes(self.root + "/")
+        running, app = self._running()
+        hl = health.Health(self.prov.profile(), self.root)
+        s = log.summary()
+        _out({"id": self.prov.badge_id(), "fw": tcbadge.VERSION, "time": self.clock.now(),
+              "clock": self.clock.state, "battery_mv": mv, "battery_pct": pct,
+              "flash_free": free, "flash_total": total, "health": hl.code,
+              "running": running, "app": app, "provisioned": self.prov.provisioned(),
+              "log": {"days": s["days"], "records": s["records"], "first": s["first"],
+                      "last": s["last"], "unacked_bytes": s["unacked_bytes"],
+                      "cut_bytes": log.cut_bytes}})
+
+    # -- authenticated
+    def set_time(self, unix):
+        self._call(self._set_time, True, unix)
+
+    def _set_time(self, unix):
+        if not isinstance(unix, int) or unix < 1577836800:
+            raise ValueError("time must be Unix seconds")
+        drift = self.clock.set(unix)
+        _out({"ok": True, "drift_s": drift})
+
+    def segments(self):
+        self._call(self._segments, True)
+
+    def _segments(self):
+        out = []
+        for day, size, acked in self._log().segments():
+            out.append({"day": day, "size": size, "acked": acked})
+        _out({"segments": out})
+
+    def read(self, day, off, n):
+        self._call(self._read, True, day, off, n)
+
+    def _read(self, day, off, n):
+        if not isinstance(day, int) or not isinstance(off, int) or not isinstance(n, int):
+            raise ValueError("day, off and n must be integers")
+        if off < 0 or n < 0:
+            raise ValueError("negative offset or length")
+        p = self.root + "/log/" + str(day) + ".tcl"
+        if fsutil.size(p) < 0:
+            raise ValueError("no segment for day %d" % day)
+        if n > _MAX_READ:
+            n = _MAX_READ
+        with open(p, "rb") as f:
+            f.seek(off)
+            data = f.read(n)
+        # b2a_base64 ends with a newline: the one line this call prints.
+        sys.stdout.write(binascii.b2a_base64(data).decode())
+
+    def ack(self, day, off):
+        self._call(self._ack, True, day, off)
+
+    def _ack(self, day, off):
+        if not isinstance(day, int) or not isinstance(off, int):
+            raise ValueError("day and off must be integers")
+        deleted = self._log().ack(day, off, self.clock.now() // 86400 if self.clock.is_set() else day + 1)
+        _out({"ok": True, "deleted": deleted})
+
+    def export_keys(self, wait_ms=30000):
+        self._call(self._export_keys, True, wait_ms)
+
+    def _button(self):
+        b = self.prov.profile().get("button")
+        if not b:
+            return None, 0
+        import machine
+
+        return machine.Pin(b["pin"], machine.Pin.IN, machine.Pin.PULL_UP), b.get("active", 0)
+
+    def _export_keys(self, wait_ms):
+        if not isinstance(wait_ms, int) or wait_ms < 0:
+            raise ValueError("wait_ms must be a non-negative integer")
+        if wait_ms > _MAX_WAIT_MS:
+            wait_ms = _MAX_WAIT_MS
+        if not self.clock.is_set():
+            _err("clock", "clock not set")
+            return
+        pin, active = self._button()
+        if pin is None:
+            _err("no-consent", "board has no button")
+            return
+        hl = health.Health(self.prov.profile(), self.root)
+        pressed = False
+        start = time.ticks_ms()
+        blink = 0
+        while time.ticks_diff(time.ticks_ms(), start) <= wait_ms:
+            if pin.value() == active:
+                pressed = True
+                break
+            blink += 1
+            if blink % 25 == 0:  # blink the LED while waiting for consent
+                hl.show("off" if (blink // 25) % 2 else hl.code)
+            time.sleep_ms(_POLL_MS)
+        hl.show()
+        if not pressed:
+            _err("no-consent", "button not pressed within %d ms" % wait_ms)
+            return
+        ks = keystore.KeyStore(self.root)
+        keys = []
+        for rsin, tek, period in ks.export(self.clock.now() // 600):
+            keys.append({"key_data": binascii.hexlify(tek).decode(),
+                         "rolling_start_interval_number": rsin, "rolling_period": period})
+        _out({"keys": keys})
+
+    def set_health(self, code):
+        self._call(self._set_health, True, code)
+
+    def _set_health(self, code):
+        health.Health(self.prov.profile(), self.root).set(code)
+        _out({"ok": True})
+
+    def configure(self, js):
+        self._call(self._configure, True, js)
+
+    def _configure(self, js):
+        changes = _obj(js)
+        cfg = config.validate(changes, self.prov.config())
+        self.prov.data["config"] = cfg
+        self.prov.save()
+        _out({"ok": True, "config": cfg})

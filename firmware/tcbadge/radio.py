@@ -1,0 +1,123 @@
+# Radio layer: aioble when it is installed on the badge, otherwise a minimal driver over
+# MicroPython's low-level `bluetooth` API (the same calls aioble makes). The BLE object is
+# passed in or created here and owned by this object, never kept in a module global.
+import asyncio
+import time
+
+from micropython import const
+
+_IRQ_SCAN_RESULT = const(5)
+_IRQ_SCAN_DONE = const(6)
+_SCAN_INTERVAL_US = const(30000)
+_SCAN_WINDOW_US = const(30000)
+_ADDR_NRPA = const(3)
+_POLL_MS = const(100)
+
+
+def _load_aioble():
+    try:
+        import aioble
+
+        return aioble
+    except ImportError:
+        return None
+
+
+class Radio:
+    def __init__(self, ble=None, use_aioble=True):
+        self.aioble = _load_aioble() if use_aioble else None
+        if self.aioble is not None:
+            ble = self.aioble.core.ble
+        elif ble is None:
+            import bluetooth
+
+            ble = bluetooth.BLE()
+        self.ble = ble
+        self.lock = asyncio.Lock()  # held while scanning and while changing the address
+        self._flag = asyncio.ThreadSafeFlag()
+        self._ring = None
+        self._done = True
+        self.adverts_started = 0
+        self.addresses = 0
+
+    def kind(self):
+        return "aioble" if self.aioble is not None else "bluetooth"
+
+    def start(self):
+        if not self.ble.active():
+            self.ble.active(True)
+        if self.aioble is None:
+            self.ble.irq(self._irq)
+
+    def stop(self):
+        try:
+            self.ble.gap_advertise(None)
+            self.ble.gap_scan(None)
+        except (OSError, ValueError):
+            pass
+
+    def _irq(self, event, data):
+        # Runs in the BLE IRQ: copy what we keep into the bounded ring, set the flag, return.
+        if event == _IRQ_SCAN_RESULT:
+            ring = self._ring
+            if ring is not None:
+                ring.push(data[4], data[3])
+                self._flag.set()
+        elif event == _IRQ_SCAN_DONE:
+            self._done = True
+            self._flag.set()
+
+    def new_address(self):
+        # A fresh non-resolvable private address (advertising and scanning must be stopped).
+        self.ble.config(addr_mode=_ADDR_NRPA)
+        self.addresses += 1
+
+    def address(self):
+        try:
+            return bytes(self.ble.config("mac")[1])
+        except (OSError, ValueError, TypeError, IndexError):
+            return b""
+
+    async def advertise(self, adv, interval_us, duration_ms):
+        # Advertise adv (non-connectable) for duration_ms, then stop.
+        self.adverts_started += 1
+        if self.aioble is not None:
+            try:
+                await self.aioble.advertise(interval_us, adv_data=adv, connectable=False,
+                                            timeout_ms=duration_ms)
+            except asyncio.TimeoutError:
+                pass
+            return
+        self.ble.gap_advertise(interval_us, adv, connectable=False)
+        try:
+            await asyncio.sleep_ms(duration_ms)
+        finally:
+            self.ble.gap_advertise(None)
+
+    async def scan(self, duration_ms, ring, agg, t0):
+        # One passive scan window; raw sightings go into ring, the task moves them into agg.
+        async with self.lock:
+            if self.aioble is not None:
+                async with self.aioble.scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US,
+                                            active=False) as results:
+                    async for r in results:
+                        if r.adv_data:
+                            ring.push(r.adv_data, r.rssi)
+                            if ring.count > ring.size // 2:
+                                agg.drain(ring, t0)
+                return
+            self._ring = ring
+            self._done = False
+            self.ble.gap_scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US, False)
+            try:
+                end = time.ticks_add(time.ticks_ms(), duration_ms + 2000)
+                while not self._done and time.ticks_diff(end, time.ticks_ms()) > 0:
+                    try:
+                        await asyncio.wait_for_ms(self._flag.wait(), _POLL_MS)
+                    except asyncio.TimeoutError:
+                        pass
+                    agg.drain(ring, t0)
+                if not self._done:
+                    self.ble.gap_scan(None)
+            finally:
+                self._ring = None

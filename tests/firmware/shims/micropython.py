@@ -1,0 +1,3 @@
+# CPython stand-in for MicroPython's `micropython` module (unit tests only).
+def const(x):
+    return x
