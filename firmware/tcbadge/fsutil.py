@@ -34,6 +34,8 @@ def read(path):
 
 
 def write_atomic(path, data):
+    if isinstance(data, str):
+        data = data.encode()
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(data)
