@@ -276,9 +276,10 @@ class Database:
             for day, (offset, records) in sorted(pulled.items()):
                 for e in records:
                     cur = c.execute(
-                        """INSERT OR IGNORE INTO encounters (badge_id, day, offset, raw, rpi, aem,
+                        """INSERT INTO encounters (badge_id, day, offset, raw, rpi, aem,
                              first_seen, duration_s, sightings, rssi_min, rssi_max, rssi_mean,
-                             session_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                             session_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)
+                           ON CONFLICT (badge_id, day, raw) DO NOTHING""",
                         (badge_id, day, e.offset, e.raw, e.rpi, e.aem, e.first_seen, e.duration_s,
                          e.count, e.rssi_min, e.rssi_max, e.rssi_mean, session_id))
                     if cur.rowcount:
@@ -337,10 +338,10 @@ class Database:
         with self.transaction() as c:
             for k in keys:
                 cur = c.execute(
-                    """INSERT OR IGNORE INTO diagnosed_keys (badge_id, key_data,
+                    """INSERT INTO diagnosed_keys (badge_id, key_data,
                          rolling_start_interval_number, rolling_period, report_type,
                          days_since_onset_of_symptoms, exported_at, destination)
-                       VALUES (?,?,?,?,?,?,?,?)""",
+                       VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (badge_id, key_data) DO NOTHING""",
                     (badge_id, bytes(k.key_data), k.rolling_start_interval_number,
                      k.rolling_period, k.report_type, k.days_since_onset_of_symptoms, now,
                      destination))

@@ -24,7 +24,7 @@ from ..errors import DeviceError
 PROTO_VERSION = 1
 AUTH_CONTEXT = b"tc-auth-v1"
 # Log bytes per host-interface read call; several calls run in one raw-REPL exec.
-READ_CHUNK = 4096
+READ_CHUNK = 8192
 EXEC_READ_LIMIT = 64 * 1024
 
 
