@@ -432,6 +432,8 @@ def _split_sql(script: str) -> list[str]:
 
 
 def _jsonable(obj):
+    if hasattr(obj, "to_json"):
+        return obj.to_json()
     if is_dataclass(obj) and not isinstance(obj, type):
         return asdict(obj)
     if hasattr(obj, "_asdict"):
