@@ -35,10 +35,11 @@ class App:
     def start(self):
         self.radio.start()
         self.keys = keystore.KeyStore(self.root)
-        self.beacon = beacon.Beacon(self.radio, self.clock, self.keys, self.config,
-                                    self.profile, self._aes)
-        self.beacon.on_rotate = self.scanner.own
+        b = beacon.Beacon(self.radio, self.clock, self.keys, self.config, self.profile,
+                          self._aes, on_rotate=self.scanner.own)
+        self.beacon = b
         self.health.show()
+        return b
 
     async def scan_loop(self):
         cfg = self.config
@@ -67,9 +68,9 @@ class App:
             await asyncio.sleep_ms(_HOUSEKEEP_S * 1000)
 
     async def run(self):
-        self.start()
+        b = self.start()
         self.state = tcbadge.RUN["state"] = "running"
-        await asyncio.gather(self.beacon.run(), self.scan_loop(), self.housekeep_loop())
+        await asyncio.gather(b.run(), self.scan_loop(), self.housekeep_loop())
 
     def shutdown(self):
         self.radio.stop()

@@ -15,7 +15,7 @@ _WAIT_CLOCK_MS = const(5000)
 
 
 class Beacon:
-    def __init__(self, radio, clock, keys, config, profile, aes_factory, urandom=None):
+    def __init__(self, radio, clock, keys, config, profile, aes_factory, urandom=None, on_rotate=None):
         self.radio = radio
         self.clock = clock
         self.keys = keys
@@ -30,17 +30,18 @@ class Beacon:
         self.enin = -1
         self.own = []  # current and previous RPI, for the scanner to ignore
         self.rotations = 0
-        self.on_rotate = None
+        self.on_rotate = on_rotate  # called with the RPIs to ignore when scanning
 
     def metadata(self):
         return crypto.metadata(self.config["tx_power_dbm"], self.profile.get("calibration_confidence"))
 
     def ids(self, enin):
         rsin, tek = self.keys.tek_for(enin)
-        if rsin != self._tek_rsin:
-            self._deriver = crypto.Deriver(tek, self._aes)
-            self._tek_rsin = rsin
         d = self._deriver
+        if d is None or rsin != self._tek_rsin:
+            d = crypto.Deriver(tek, self._aes)
+            self._deriver = d
+            self._tek_rsin = rsin
         rpi = d.rpi(enin)
         return rpi, d.aem(rpi, self.metadata())
 

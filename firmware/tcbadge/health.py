@@ -9,7 +9,7 @@ _DEFAULT_COLOURS = {"green": (0, 40, 0), "yellow": (40, 25, 0), "red": (60, 0, 0
 class Health:
     def __init__(self, profile, root=""):
         self._path = root + "/tc/health.txt"
-        self.led = profile.get("led") or {"kind": "none"}
+        self.led = profile.get("led") or {"kind": "none"}  # type: dict
         self.code = "green"
         raw = fsutil.read(self._path)
         if raw:

@@ -51,8 +51,8 @@ class Radio:
 
     def stop(self):
         try:
-            self.ble.gap_advertise(None)
-            self.ble.gap_scan(None)
+            self.ble.gap_advertise(None)  # type: ignore  # None stops (the stub says int)
+            self.ble.gap_scan(None)  # type: ignore  # None stops (the stub says int)
         except (OSError, ValueError):
             pass
 
@@ -92,7 +92,7 @@ class Radio:
         try:
             await asyncio.sleep_ms(duration_ms)
         finally:
-            self.ble.gap_advertise(None)
+            self.ble.gap_advertise(None)  # type: ignore  # None stops (the stub says int)
 
     async def scan(self, duration_ms, ring, agg, t0):
         # One passive scan window; raw sightings go into ring, the task moves them into agg.
@@ -118,6 +118,6 @@ class Radio:
                         pass
                     agg.drain(ring, t0)
                 if not self._done:
-                    self.ble.gap_scan(None)
+                    self.ble.gap_scan(None)  # type: ignore  # None stops (the stub says int)
             finally:
                 self._ring = None

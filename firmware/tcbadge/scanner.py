@@ -28,7 +28,7 @@ class SightingRing:
         self.size = size
         self.data = bytearray(size * _SLOT)
         self.rssi = [0] * size
-        self.ticks = [0] * size
+        self.ticks = [time.ticks_ms()] * size
         self.head = 0
         self.count = 0
         self.drops = 0
