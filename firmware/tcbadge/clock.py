@@ -33,14 +33,16 @@ class Clock:
         if raw and len(raw) >= 4:
             last = struct.unpack("<I", raw[:4])[0]
         now = self.now()
-        if last >= _MIN_VALID:
-            if now >= last and now >= _MIN_VALID:
-                # The RTC kept counting (soft reset, deep sleep): still the host's time.
-                self.state = SET
-            else:
-                # Power was lost: resume from the last persisted time (a lower bound).
-                self._set_rtc(last)
-                self.state = RESUMED
+        if now >= _MIN_VALID:
+            # The RTC holds a real time: it kept counting through a soft reset or deep
+            # sleep, or a host tool set it directly.
+            self.state = SET
+            self._saved = last
+        elif last >= _MIN_VALID:
+            # Power was lost (the RTC restarted at 2000): resume from the last persisted
+            # time, a lower bound, until the host sets the clock again.
+            self._set_rtc(last)
+            self.state = RESUMED
             self._saved = last
 
     def now(self):

@@ -243,7 +243,14 @@ class Host:
             return None, 0
         import machine
 
-        return machine.Pin(b["pin"], machine.Pin.IN, machine.Pin.PULL_UP), b.get("active", 0)
+        pull = b.get("pull", "up")
+        if pull == "up":
+            pin = machine.Pin(b["pin"], machine.Pin.IN, machine.Pin.PULL_UP)
+        elif pull == "down":
+            pin = machine.Pin(b["pin"], machine.Pin.IN, machine.Pin.PULL_DOWN)
+        else:  # input-only pins (GPIO34-39) have no internal pull resistors
+            pin = machine.Pin(b["pin"], machine.Pin.IN)
+        return pin, b.get("active", 0)
 
     def _export_keys(self, wait_ms):
         if not isinstance(wait_ms, int) or wait_ms < 0:
