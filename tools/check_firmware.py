@@ -30,7 +30,9 @@ STUBS = ("micropython-esp32-stubs", "micropython-stdlib-stubs")
 
 
 def firmware_files() -> list[Path]:
-    return sorted(p for p in FIRMWARE.rglob("*.py") if "__pycache__" not in p.parts)
+    # manifest.py is build-system input (freezing), not code that runs on the badge.
+    return sorted(p for p in FIRMWARE.rglob("*.py")
+                  if "__pycache__" not in p.parts and p.name != "manifest.py")
 
 
 def check_mpy_cross(out: Path) -> tuple[bool, str]:
@@ -97,7 +99,7 @@ def check_pyright(typings: Path) -> tuple[bool, str]:
         conf = Path(tmpd) / "pyrightconfig.json"
         conf.write_text(json.dumps(cfg))
         pyright = Path(sys.executable).with_name("pyright")
-        cmd = [str(pyright) if pyright.exists() else "pyright", "-p", str(conf), "--outputjson", str(FIRMWARE)]
+        cmd = [str(pyright) if pyright.exists() else "pyright", "-p", str(conf), "--outputjson", *map(str, firmware_files())]
         env = dict(os.environ, PYRIGHT_PYTHON_FORCE_VERSION=os.environ.get("PYRIGHT_PYTHON_FORCE_VERSION", ""))
         if not env["PYRIGHT_PYTHON_FORCE_VERSION"]:
             del env["PYRIGHT_PYTHON_FORCE_VERSION"]
