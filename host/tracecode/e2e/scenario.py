@@ -28,7 +28,8 @@ The e2e layer reads these fields of a scenario YAML file (docs/e2e.md):
       step_s: 10                        # sampling step of the exact geometry
 
 Between two keyframes with positions a person moves in a straight line; a keyframe with
-`null` makes them absent (out of range of everyone) until their next keyframe.
+`null` makes them absent (out of range of everyone) until their next keyframe. A diagnosed
+person is absent from the diagnosis time on (sent home).
 """
 
 from __future__ import annotations
@@ -264,6 +265,11 @@ def load_scenario(path: str | Path | dict) -> Scenario:
         onset = d.get("onset_days", 0)
         diagnosed.append(Diagnosis(pid, start + day * DAY_S + secs, int(d.get("report_type", 1)),
                                    None if onset is None else int(onset)))
+    # A diagnosed wearer is sent home: absent from the diagnosis on.
+    for d in diagnosed:
+        person = next(p for p in people if p.id == d.person)
+        kept = [kf for kf in person.keyframes if kf[0] < d.at]
+        person.keyframes = kept + [(d.at, None)]
     gt = doc.get("ground_truth") or {}
     rule = GroundTruthRule(distance_m=float(gt.get("distance_m", 2.0)),
                            min_minutes=float(gt.get("min_minutes", 15)),
