@@ -49,12 +49,21 @@ class Radio:
         if self.aioble is None:
             self.ble.irq(self._irq)
 
-    def stop(self):
+    def _stop_adv(self):
         try:
             self.ble.gap_advertise(None)  # type: ignore  # None stops (the stub says int)
-            self.ble.gap_scan(None)  # type: ignore  # None stops (the stub says int)
-        except (OSError, ValueError):
+        except OSError:
             pass
+
+    def _stop_scan(self):
+        try:
+            self.ble.gap_scan(None)  # type: ignore  # None stops (the stub says int)
+        except OSError:
+            pass  # EALREADY: no scan running
+
+    def stop(self):
+        self._stop_adv()
+        self._stop_scan()
 
     def _irq(self, event, data):
         # Runs in the BLE IRQ: copy what we keep into the bounded ring, set the flag, return.
@@ -92,7 +101,7 @@ class Radio:
         try:
             await asyncio.sleep_ms(duration_ms)
         finally:
-            self.ble.gap_advertise(None)  # type: ignore  # None stops (the stub says int)
+            self._stop_adv()
 
     async def scan(self, duration_ms, ring, agg, t0):
         # One passive scan window; raw sightings go into ring, the task moves them into agg.
@@ -108,7 +117,12 @@ class Radio:
                 return
             self._ring = ring
             self._done = False
-            self.ble.gap_scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US, False)
+            try:
+                self.ble.gap_scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US, False)
+            except OSError:
+                # EALREADY: a scan is still running (e.g. left over); stop it, start ours.
+                self._stop_scan()
+                self.ble.gap_scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US, False)
             try:
                 end = time.ticks_add(time.ticks_ms(), duration_ms + 2000)
                 while not self._done and time.ticks_diff(end, time.ticks_ms()) > 0:
@@ -118,6 +132,6 @@ class Radio:
                         pass
                     agg.drain(ring, t0)
                 if not self._done:
-                    self.ble.gap_scan(None)  # type: ignore  # None stops (the stub says int)
+                    self._stop_scan()
             finally:
                 self._ring = None

@@ -1,0 +1,204 @@
+# The unmodified firmware on virtual badges (tracecode.sim): two badges near each other log
+# each other's RPIs; the RPIs on air equal what the host derives from the exported TEKs;
+# the host interface over the real mpremote transport; power cuts at random points.
+import hashlib
+import hmac
+import json
+import os
+import random
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from logparse import parse_segment, read_keys, read_log
+
+ROOT = Path(__file__).resolve().parents[2]
+FIRMWARE = ROOT / "firmware"
+BOARDS = ROOT / "boards"
+START = 1709280000 + 7 * 3600  # 2024-03-01 07:00 UTC
+
+sim = pytest.importorskip("tracecode.sim", reason="virtual badges (tracecode.sim) not built yet")
+en = pytest.importorskip("tracecode.en")
+
+
+def flash_dir(badge) -> Path:
+    for attr in ("root", "path", "dir"):
+        p = getattr(badge.flash, attr, None)
+        if p is not None:
+            return Path(p)
+    return Path(badge.flash_dir)
+
+
+def provision(badge, name, board="esp32-devkitc", secret=None, config=None):
+    # What `tracecode flash` leaves on the badge: /tc/prov.json (see docs/firmware.md).
+    fd = flash_dir(badge)
+    (fd / "tc").mkdir(parents=True, exist_ok=True)
+    profile = json.loads((BOARDS / (board + ".json")).read_text())
+    doc = {"id": name, "board": board, "secret": (secret or bytes(32)).hex(),
+           "config": config or {}, "profile": profile}
+    (fd / "tc" / "prov.json").write_text(json.dumps(doc))
+    return profile
+
+
+def make_fleet(tmp_path, names_positions, seed=1, board="esp32-devkitc", config=None):
+    fleet = sim.Fleet(workdir=tmp_path, seed=seed, start_unix=START)
+    badges = {}
+    for name, pos in names_positions:
+        b = fleet.add_badge(name, firmware_dir=str(FIRMWARE), position=pos, board=board)
+        provision(b, name, board, secret=hashlib.sha256(name.encode()).digest(), config=config)
+        b.set_clock()
+        badges[name] = b
+    return fleet, badges
+
+
+def all_rpis(keys, tx_power):
+    # Host-side derivation (tracecode.en) of every RPI/AEM of the badge's TEKs.
+    out = {}
+    for rsin, tek in keys:
+        for iv in en.derive(tek, rsin, 144, metadata=en.encode_metadata(tx_power, 0)):
+            out[iv.rpi] = (iv.interval, iv.aem) if hasattr(iv, "interval") else (iv.enin, iv.aem)
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_two_badges_for_an_hour(tmp_path):
+    fleet, b = make_fleet(tmp_path, [("alice", (0.0, 0.0)), ("bob", (1.5, 0.0))])
+    try:
+        fleet.power_on_all()
+        fleet.run_until(3600 + 5)
+    finally:
+        fleet.close()
+    profile = json.loads((BOARDS / "esp32-devkitc.json").read_text())
+    logs = {n: read_log(flash_dir(b[n])) for n in b}
+    keys = {n: read_keys(flash_dir(b[n])) for n in b}
+    for me, other in (("alice", "bob"), ("bob", "alice")):
+        recs = logs[me]
+        theirs = all_rpis(keys[other], profile["tx_power_dbm"])
+        mine = all_rpis(keys[me], profile["tx_power_dbm"])
+        # ~30 scans of 4 s every 120 s, one record per RPI per scan.
+        assert 25 <= len(recs) <= 40, len(recs)
+        enins = set()
+        for r in recs:
+            assert r["rpi"] in theirs, "heard an RPI the other badge's TEK does not produce"
+            assert r["rpi"] not in mine, "logged its own advert"
+            enin, aem = theirs[r["rpi"]]
+            assert r["aem"] == aem
+            # heard during (or within the rotation jitter after) the interval it encodes
+            assert enin * 600 <= r["first"] <= enin * 600 + 600 + 540
+            assert START <= r["first"] <= r["last"] <= START + 3605
+            assert -85 <= r["rssi_min"] <= r["rssi_mean"] <= r["rssi_max"] <= -30
+            assert r["count"] >= 2
+            enins.add(enin)
+        assert len(enins) >= 6  # every 10-minute interval of the hour was heard
+        # the TEK is aligned to its day and the RPIs on air came from it
+        assert all(rsin % 144 == 0 for rsin, _ in keys[other])
+
+
+def _transport(url):
+    from mpremote.transport_serial import SerialTransport
+
+    t = SerialTransport(url, baudrate=115200)
+    t.enter_raw_repl(soft_reset=False)
+    return t
+
+
+def _call(t, code):
+    out = t.exec(code)
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(300)
+def test_host_interface_and_exported_keys_match_air(tmp_path):
+    fleet, b = make_fleet(tmp_path, [("alice", (0.0, 0.0)), ("bob", (1.0, 0.0))])
+    try:
+        fleet.power_on_all()
+        fleet.run_until(1800)
+        alice = b["alice"]
+        t = _transport(alice.console_url())
+        try:
+            hello = _call(t, "from tcbadge.hostif import Host\nh = Host()\nh.hello()")
+            assert hello["proto"] == 1 and hello["id"] == "alice" and hello["provisioned"]
+            assert _call(t, "h.segments()") == {"error": "auth", "msg": "authenticate first"}
+            assert _call(t, "h.auth('00')")["error"] == "auth"  # and the nonce is used up
+            hello = _call(t, "h.hello()")
+            secret = hashlib.sha256(b"alice").digest()
+            mac = hmac.new(secret, b"tc-auth-v1" + bytes.fromhex(hello["nonce"]) + b"alice",
+                           hashlib.sha256).hexdigest()
+            assert _call(t, "h.auth('%s')" % mac) == {"ok": True}
+            st = _call(t, "h.status()")
+            assert st["clock"] == "set" and st["running"] and st["log"]["records"] > 0
+            now = fleet.unix_time()
+            assert abs(st["time"] - now) <= 2
+            segs = _call(t, "h.segments()")["segments"]
+            assert len(segs) == 1 and segs[0]["acked"] == 0
+            day, size = segs[0]["day"], segs[0]["size"]
+            import base64
+            data = base64.b64decode(t.exec("h.read(%d, 0, %d)" % (day, size)).strip())
+            assert data == (flash_dir(alice) / "log" / ("%d.tcl" % day)).read_bytes()
+            # Consent: no press -> nothing leaves the badge.
+            assert _call(t, "h.export_keys(500)")["error"] == "no-consent"
+            alice.press_button(after=0.3, duration=0.5)
+            keys = _call(t, "h.export_keys(5000)")["keys"]
+            assert len(keys) == 1 and keys[0]["rolling_start_interval_number"] % 144 == 0
+            assert 0 < keys[0]["rolling_period"] <= 144
+            assert _call(t, "h.set_health('red')") == {"ok": True}
+            assert _call(t, "h.set_health('purple')")["error"] == "input"
+            cfg = _call(t, "h.configure('{\"scan_every_s\": 60}')")
+            assert cfg["config"]["scan_every_s"] == 60
+            assert _call(t, "h.configure('{\"adv_interval_ms\": 100}')")["error"] == "input"
+            assert _call(t, "h.ack(%d, %d)" % (day, 16 + 32))["ok"]
+        finally:
+            t.close()
+    finally:
+        fleet.close()
+    led = alice.led()
+    assert led  # the health LED was driven (single LED on GPIO2 for this board)
+    # RPIs that bob heard from alice == host derivation from the exported TEK.
+    tek = bytes.fromhex(keys[0]["key_data"])
+    rsin = keys[0]["rolling_start_interval_number"]
+    derived = set(en.rpis(tek, rsin, keys[0]["rolling_period"]))
+    heard = {r["rpi"] for r in read_log(flash_dir(b["bob"]))}
+    assert heard and heard <= derived
+
+
+@pytest.mark.timeout(600)
+def test_power_cuts_at_random_points(tmp_path):
+    rnd = random.Random(7)
+    fleet, b = make_fleet(tmp_path, [("alice", (0.0, 0.0)), ("bob", (1.0, 0.0)),
+                                     ("carol", (0.0, 1.5)), ("dave", (2.0, 1.0))],
+                          config={"scan_every_s": 30, "scan_window_ms": 3000})
+    victim = b["alice"]
+    fd = flash_dir(victim)
+    cuts = 0
+    try:
+        fleet.power_on_all()
+        fleet.run_until(200)
+        for i in range(25):
+            before = {p.name: p.read_bytes() for p in (fd / "log").glob("*.tcl")}
+            victim.power_cut_after_bytes(rnd.randint(1, 400))
+            fleet.run_for(rnd.uniform(30, 200))
+            snap = {p.name: p.read_bytes() for p in (fd / "log").glob("*.tcl")}
+            victim.power_on()
+            victim.set_clock()
+            fleet.run_for(5)
+            cuts += 1
+            for name, data in snap.items():
+                if name in before:
+                    assert data.startswith(before[name])  # append-only
+                p = fd / "log" / name
+                after = p.read_bytes() if p.exists() else b""
+                if len(data) < 16:
+                    continue  # a torn header: the file is removed and started again
+                good = 16 + ((len(data) - 16) // 32) * 32
+                last_ok = good == 16 or parse_segment(data[:good])[2] == 0
+                keep = good if last_ok else good - 32
+                # Every record before the torn one is intact, and nothing torn remains.
+                assert after[:keep] == data[:keep], name
+                day, recs, bad = parse_segment(after)
+                assert bad == 0
+    finally:
+        fleet.close()
+    recs = read_log(fd)
+    assert cuts == 25 and len(recs) > 20
