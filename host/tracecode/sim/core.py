@@ -1,0 +1,368 @@
+"""Discrete-event core of the simulator: the fleet clock, its event queue and the badge CPUs.
+
+Every badge runs its MicroPython code on its own host thread (its "CPU"), but only one thread
+of the whole simulation runs at a time: the *driver* pops events in time order and hands the
+baton to a badge CPU, which runs until it waits (sleep, asyncio idle, console input) and hands
+the baton back. Virtual time never moves while badge code runs; it jumps to the next event.
+
+Drivers: `Fleet.run_until(t)` (virtual time, caller's thread), a background realtime driver
+(`realtime=True`), and an on-demand driver that serves host console sessions while the fleet
+is otherwise paused (it only advances time while host-issued code is waiting on a timer).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time as _time
+from collections import deque
+from typing import Any, Callable
+
+
+class PowerCut(BaseException):
+    """Raised inside a badge CPU when its power is cut: unwinds everything, nothing may persist."""
+
+
+class Shutdown(BaseException):
+    """Raised inside a badge CPU when the fleet is closed."""
+
+
+class SoftReset(BaseException):
+    """Raised inside a badge CPU to perform a soft reset (Ctrl-D, machine.soft_reset())."""
+
+
+class HardReset(BaseException):
+    """Raised inside a badge CPU for machine.reset()."""
+
+
+class _Event:
+    __slots__ = ("t", "seq", "fn", "args", "cancelled")
+
+    def __init__(self, t: float, seq: int, fn: Callable, args: tuple):
+        self.t = t
+        self.seq = seq
+        self.fn = fn
+        self.args = args
+        self.cancelled = False
+
+    def __lt__(self, other: "_Event") -> bool:
+        return (self.t, self.seq) < (other.t, other.seq)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Scheduler:
+    """Event queue + virtual clock + driver role. Base class of Fleet."""
+
+    def __init__(self, realtime: bool = False):
+        self.realtime = realtime
+        self.now = 0.0
+        self._heap: list[_Event] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._driving = False
+        self._driver_thread: threading.Thread | None = None
+        self._closed = False
+        self._cpus: list[CPU] = []
+        self._wall0 = _time.monotonic()
+        self._aux: threading.Thread | None = None
+        self._rt: threading.Thread | None = None
+        self.events_processed = 0
+
+    # -- clock -------------------------------------------------------------------------------
+    def clock(self) -> float:
+        if self.realtime:
+            return max(self.now, _time.monotonic() - self._wall0)
+        return self.now
+
+    # -- events ------------------------------------------------------------------------------
+    def schedule(self, t: float, fn: Callable, *args: Any) -> _Event:
+        """Run `fn(*args)` in the driver at simulated time `t` (not earlier than now)."""
+        with self._cond:
+            ev = _Event(max(t, self.now), next(self._seq), fn, args)
+            heapq.heappush(self._heap, ev)
+            self._cond.notify_all()
+        return ev
+
+    def call_soon(self, fn: Callable, *args: Any) -> _Event:
+        return self.schedule(self.clock(), fn, *args)
+
+    def _pop_due(self, limit: float) -> _Event | None:
+        with self._cond:
+            while self._heap:
+                ev = self._heap[0]
+                if ev.cancelled:
+                    heapq.heappop(self._heap)
+                    continue
+                if ev.t > limit:
+                    return None
+                heapq.heappop(self._heap)
+                return ev
+            return None
+
+    def _next_time(self) -> float | None:
+        with self._cond:
+            while self._heap and self._heap[0].cancelled:
+                heapq.heappop(self._heap)
+            return self._heap[0].t if self._heap else None
+
+    def _process(self, ev: _Event) -> None:
+        if ev.t > self.now:
+            self.now = ev.t
+        self.events_processed += 1
+        ev.fn(*ev.args)
+
+    # -- driver role -------------------------------------------------------------------------
+    def _acquire_driver(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        with self._cond:
+            while self._driving:
+                remaining = None if deadline is None else deadline - _time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining if remaining is not None else 1.0)
+            self._driving = True
+            self._driver_thread = threading.current_thread()
+            return True
+
+    def _release_driver(self) -> None:
+        with self._cond:
+            self._driving = False
+            self._driver_thread = None
+            self._cond.notify_all()
+
+    def run_until(self, t: float) -> None:
+        """Advance virtual time to `t` seconds (since the simulation start), running every event."""
+        if self.realtime:
+            raise RuntimeError("run_until is for virtual time; a realtime fleet runs by itself")
+        self._acquire_driver()
+        try:
+            while True:
+                ev = self._pop_due(t)
+                if ev is None:
+                    break
+                self._process(ev)
+            if t > self.now:
+                self.now = t
+        finally:
+            self._release_driver()
+
+    def run_for(self, dt: float) -> None:
+        self.run_until(self.now + dt)
+
+    # -- on-demand driver for host sessions (virtual time) -------------------------------------
+    def _host_needs_time(self) -> bool:
+        return any(c.host_timed_wait for c in self._cpus)
+
+    def _aux_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    if not self._driving:
+                        nt = self._next_time_locked()
+                        if nt is not None and (nt <= self.now or self._host_needs_time()):
+                            self._driving = True
+                            self._driver_thread = threading.current_thread()
+                            break
+                    self._cond.wait(0.5)
+                if self._closed:
+                    return
+            try:
+                while not self._closed:
+                    nt = self._next_time()
+                    if nt is None:
+                        break
+                    if nt > self.now and not self._host_needs_time():
+                        break
+                    ev = self._pop_due(nt)
+                    if ev is not None:
+                        self._process(ev)
+            finally:
+                self._release_driver()
+
+    def _next_time_locked(self) -> float | None:
+        while self._heap and self._heap[0].cancelled:
+            heapq.heappop(self._heap)
+        return self._heap[0].t if self._heap else None
+
+    def _rt_loop(self) -> None:
+        while not self._closed:
+            self._acquire_driver()
+            try:
+                while not self._closed:
+                    now = self.clock()
+                    ev = self._pop_due(now)
+                    if ev is None:
+                        break
+                    self.now = max(self.now, now)
+                    self._process(ev)
+                self.now = max(self.now, self.clock())
+            finally:
+                self._release_driver()
+            with self._cond:
+                nt = self._next_time_locked()
+                wait = 0.2 if nt is None else min(0.2, max(0.0, nt - self.clock()))
+                if wait > 0:
+                    self._cond.wait(wait)
+
+    def start_drivers(self) -> None:
+        if self.realtime:
+            if self._rt is None:
+                self._rt = threading.Thread(target=self._rt_loop, name="sim-realtime", daemon=True)
+                self._rt.start()
+        elif self._aux is None:
+            self._aux = threading.Thread(target=self._aux_loop, name="sim-host-driver", daemon=True)
+            self._aux.start()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no immediate events are pending and nobody drives (for tests)."""
+        deadline = _time.monotonic() + timeout
+        while _time.monotonic() < deadline:
+            with self._cond:
+                nt = self._next_time_locked()
+                if not self._driving and (nt is None or nt > self.now) and not self._host_needs_time():
+                    return True
+                self._cond.wait(0.02)
+        return False
+
+
+class CPU:
+    """One badge's processor: a host thread that runs only while it holds the baton."""
+
+    def __init__(self, sched: Scheduler, name: str):
+        self.sched = sched
+        self.name = name
+        self._go = threading.Semaphore(0)
+        self._back = threading.Semaphore(0)
+        self.thread: threading.Thread | None = None
+        self.alive = False
+        self.waiting = False
+        self.kill: type[BaseException] | None = None
+        self.irqs: deque = deque()
+        self.in_irq = False
+        self.kbd_pending = False
+        self.kbd_enabled = False
+        self.in_host = False           # running code that a host session sent
+        self.host_timed_wait = False   # ... and that code waits on a timer
+        self._timer: _Event | None = None
+        self._timer_t: float | None = None
+        self.input_ready: Callable[[], bool] = lambda: False
+        self.on_irq_error: Callable[[BaseException], None] = lambda e: None
+        sched._cpus.append(self)
+
+    # -- driver side -----------------------------------------------------------------------
+    def start(self, target: Callable[[], None]) -> None:
+        """Start the CPU thread running `target` (driver side; returns when it first waits)."""
+        assert not self.alive
+        self.kill = None
+        self.alive = True
+
+        def body() -> None:
+            self._go.acquire()
+            try:
+                target()
+            except (PowerCut, Shutdown):
+                pass
+            finally:
+                self.alive = False
+                self.waiting = False
+                self.host_timed_wait = False
+                self._back.release()
+
+        self.thread = threading.Thread(target=body, name="badge-" + self.name, daemon=True)
+        self.thread.start()
+        self._switch()
+
+    def _switch(self) -> None:
+        self._go.release()
+        self._back.acquire()
+
+    def wake(self) -> None:
+        """Driver side: resume the CPU if it is waiting (it re-checks why it waits)."""
+        if self.alive and self.waiting:
+            self._switch()
+
+    def post_wake(self) -> None:
+        """Any thread: ask the driver to resume this CPU soon."""
+        self.sched.call_soon(self.wake)
+
+    def post_irq(self, fn: Callable, *args: Any) -> None:
+        """Queue an interrupt callback to run on this CPU (soon)."""
+        if not self.alive:
+            return
+        self.irqs.append((fn, args))
+        if threading.current_thread() is not self.thread:
+            self.sched.call_soon(self.wake)
+
+    def stop(self, exc: type[BaseException]) -> None:
+        """Driver side (or own thread): make the CPU unwind with `exc` and end its thread."""
+        if not self.alive:
+            return
+        self.kill = exc
+        if threading.current_thread() is self.thread:
+            raise exc()
+        if self.waiting:
+            self._switch()
+
+    # -- CPU side ----------------------------------------------------------------------------
+    def _park(self) -> None:
+        self.waiting = True
+        self._back.release()
+        self._go.acquire()
+        self.waiting = False
+        if self.kill is not None:
+            raise self.kill()
+
+    def run_irqs(self) -> None:
+        if self.in_irq:
+            return
+        while self.irqs:
+            fn, args = self.irqs.popleft()
+            self.in_irq = True
+            try:
+                fn(*args)
+            except (PowerCut, Shutdown, SoftReset, HardReset):
+                raise
+            except BaseException as e:  # noqa: BLE001 - reported like MicroPython does
+                self.on_irq_error(e)
+            finally:
+                self.in_irq = False
+
+    def wait(self, until: float | None = None, *, for_input: bool = False,
+             flag: Callable[[], bool] | None = None) -> None:
+        """Block this CPU until `until` (sim seconds), console input, or `flag()` becomes true.
+        Interrupt callbacks run meanwhile; a pending Ctrl-C raises KeyboardInterrupt."""
+        if self.kill is not None:
+            raise self.kill()
+        while True:
+            self.run_irqs()
+            if self.kbd_pending and self.kbd_enabled:
+                self.kbd_pending = False
+                raise KeyboardInterrupt
+            if flag is not None and flag():
+                return
+            if for_input and self.input_ready():
+                return
+            if until is not None and self.sched.clock() >= until - 1e-9:
+                return
+            if until is not None:
+                self._arm(until)
+                self.host_timed_wait = self.in_host
+            try:
+                self._park()
+            finally:
+                self.host_timed_wait = False
+
+    def _arm(self, until: float) -> None:
+        if self._timer is not None and not self._timer.cancelled and self._timer_t == until:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_t = until
+        self._timer = self.sched.schedule(until, self._timer_fire)
+
+    def _timer_fire(self) -> None:
+        self._timer = None
+        self.wake()
