@@ -163,7 +163,7 @@ def parse_time(value: Any, start: int, *, where: str) -> tuple[int | None, float
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return None, float(value)
     m = _TIME_RE.match(str(value))
-    if not m:
+    if not m or int(m.group(3)) > 59 or int(m.group(4) or 0) > 59:
         raise InputError(f"{where}: bad time {value!r} (use 'HH:MM' or 'dN HH:MM')")
     day = int(m.group(1)) - 1 if m.group(1) else None
     secs = int(m.group(2)) * 3600 + int(m.group(3)) * 60 + int(m.group(4) or 0)

@@ -27,11 +27,11 @@ from .scenario import DAY_S, Scenario, distance, walls_between
 @dataclass
 class RadioModel:
     tx_power_dbm: int = -8          # what the badge writes into its AEM metadata (firmware default)
-    rssi_1m_dbm: float = -55.0      # RSSI one metre away, no obstacles
-    exponent: float = 2.0           # path-loss exponent
-    noise_db: float = 3.0           # std dev of one scan's mean RSSI
-    body_loss_db: float = 4.0       # mean extra loss from bodies/orientation (exponential, per pair and 10 min)
-    sensitivity_dbm: float = -95.0
+    rssi_1m_dbm: float = -60.0      # RSSI one metre away, no obstacles (as tracecode.sim.radio)
+    exponent: float = 3.0           # path-loss exponent (as tracecode.sim.radio)
+    noise_db: float = 2.5           # std dev of one scan's mean RSSI (4 dB per reading, ~3 readings)
+    body_loss_db: float = 2.0       # mean extra loss from bodies/orientation (exponential, per pair and 10 min)
+    sensitivity_dbm: float = -92.0
     scan_every_s: int = 120
     adverts_per_scan: int = 16      # 4 s window / 250 ms advertising interval
 
