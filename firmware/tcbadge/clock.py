@@ -49,6 +49,8 @@ class Clock:
         return int(time.time()) + self._off
 
     def is_set(self):
+        if self.state == UNSET and self.now() >= _MIN_VALID:
+            self.state = SET  # something set the RTC since boot
         return self.state != UNSET
 
     def _set_rtc(self, unix):
