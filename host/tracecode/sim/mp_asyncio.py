@@ -107,7 +107,7 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
         def _enqueue(self, task):
             if not task.queued:
                 task.queued = True
-                self._enqueue(task)
+                self.ready.append(task)
 
         def _sleep(self, task, ms):
             task.state_token += 1
