@@ -95,6 +95,7 @@ class FlashOptions:
     reprovision: bool = False
     baud: int = 460800
     esptool_api: object | None = None
+    now: Callable[[], float] = time.time     # host clock given to the badge
 
 
 # ---------------------------------------------------------------------------- esptool
@@ -324,7 +325,7 @@ def _wipe(link: BadgeLink) -> None:
 
 def plan(port: BadgePort, opts: FlashOptions, db: Database, link_box: dict) -> list[Step]:
     return (esptool_steps(port, opts) + install_steps(port, opts, link_box)
-            + provision_steps(port, opts, db, link_box))
+            + provision_steps(port, opts, db, link_box, now=opts.now))
 
 
 def flash_badge(port: BadgePort, opts: FlashOptions, db: Database, *,

@@ -111,6 +111,10 @@ class BadgeLink:
             raise DeviceError(f"{self.port}: the badge is not running TraceCode firmware "
                               "(tcbadge.hostif missing)", hint="flash it with `tracecode flash`")
         self.hello = self._one_json(out, "hello")
+        if "error" in self.hello:
+            self.close()
+            raise DeviceError(f"{self.port}: badge failed to answer hello: "
+                              f"{self.hello.get('error')} ({self.hello.get('msg', '')[:120]})")
         if self.hello.get("proto") != PROTO_VERSION:
             self.close()
             raise DeviceError(f"{self.port}: badge speaks host interface version "

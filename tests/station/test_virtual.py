@@ -1,0 +1,260 @@
+"""The station against virtual badges (tracecode.sim): the unmodified firmware behind a
+serial console that real mpremote transport code talks to."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tracecode.cli import main
+from tracecode.errors import DeviceError, TraceCodeError
+from tracecode.station import flasher, logfmt
+from tracecode.station.db import Database
+from tracecode.station.link import BadgeLink, BadgeRefused
+from tracecode.station.ports import BadgePort
+from tracecode.station.sync import sync_badge
+
+sim = pytest.importorskip("tracecode.sim", reason="virtual badges (tracecode.sim) not installed")
+
+pytestmark = pytest.mark.timeout(120)
+BOARD = "m5stack-atom-lite"     # RGB LED (health colour) and a consent button
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    f = sim.Fleet(workdir=tmp_path / "fleet", seed=3, start_unix=int(time.time()))
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def db(tmp_path):
+    d = Database(tmp_path / "station.sqlite")
+    yield d
+    d.close()
+
+
+def provision(fleet, db, name, position=(0.0, 0.0)):
+    """A blank virtual badge, flashed (files + provisioning) by the station code."""
+    badge = fleet.add_badge(name, position=position, board=BOARD)
+    badge.power_on()
+    url = badge.console_url()
+    opts = flasher.FlashOptions(board=flasher.Board.load(BOARD), skip_image=True,
+                                aioble_mip=False, now=fleet.unix_time)
+    res = flasher.flash_badge(BadgePort(url), opts, db)
+    return badge, url, res["badge_id"]
+
+
+def fill_log(badge, fleet, days=3, per_day=50, corrupt=None, seed=1):
+    """Write past days of records into the badge's flash in the documented format.
+
+    `corrupt` = (day index, record index) gets a flipped bit (flash corruption).
+    Returns {raw record bytes} that a sync must deliver (the corrupted one excluded)."""
+    rnd = random.Random(seed)
+    today = int(fleet.unix_time()) // 86400
+    log = Path(badge.flash.root) / "log"
+    log.mkdir(exist_ok=True)
+    want = set()
+    for di, day in enumerate(range(today - days, today)):
+        recs = []
+        for i in range(per_day):
+            raw = logfmt.encode_record(rnd.randbytes(16), rnd.randbytes(4), 600 * i + di, 5, 3,
+                                       -80, -60, -70)
+            if corrupt == (di, i):
+                raw = raw[:10] + bytes([raw[10] ^ 0x10]) + raw[11:]
+            else:
+                want.add(raw)
+            recs.append(raw)
+        (log / f"{day}.tcl").write_bytes(logfmt.encode_header(day) + b"".join(recs))
+    badge.flash.rescan()
+    return want
+
+
+def stored(db, bid):
+    return {bytes(r["raw"]) for r in db.encounters(bid)}
+
+
+def log_files(badge):
+    d = Path(badge.flash.root) / "log"
+    return sorted(p.name for p in d.glob("*.tcl")) if d.exists() else []
+
+
+# ---------------------------------------------------------------------------- provision
+def test_flash_cli_provisions_and_refuses_foreign_badge(fleet, tmp_path, capsys):
+    badge = fleet.add_badge("carol", board=BOARD)
+    badge.power_on()
+    url = badge.console_url()
+    dbp = tmp_path / "a.sqlite"
+    rc = main(["flash", "--board", BOARD, "--skip-image", "--no-aioble", "--port", url,
+               "--db", str(dbp), "--badge-id", "carol-01", "--config", "scan_every_s=60"])
+    assert rc == 0, capsys.readouterr()
+    assert "flashed badge carol-01" in capsys.readouterr().out
+    assert (Path(badge.flash.root) / "tcbadge" / "hostif.py").is_file()
+    with Database(dbp) as d:
+        secret = d.secret("carol-01")
+        assert secret is not None and len(secret) == 32
+    prov = json.loads((Path(badge.flash.root) / "tc" / "prov.json").read_text())
+    assert prov["id"] == "carol-01" and prov["config"]["scan_every_s"] == 60
+    assert bytes.fromhex(prov["secret"]) == secret
+    with BadgeLink(url) as link:          # firmware answers and the secret works
+        assert link.hello["provisioned"] and link.badge_id == "carol-01"
+        link.auth(secret)
+    # re-flashing from the same station keeps the pairing
+    assert main(["flash", "--board", BOARD, "--skip-image", "--no-aioble", "--port", url,
+                 "--db", str(dbp)]) == 0
+    with Database(dbp) as d:
+        assert d.secret("carol-01") == secret
+    # another station may not take the badge over silently
+    other = tmp_path / "b.sqlite"
+    rc = main(["flash", "--board", BOARD, "--skip-image", "--no-aioble", "--port", url,
+               "--db", str(other)])
+    err = capsys.readouterr().err
+    assert rc == 4 and "paired with another station" in err and secret.hex() not in err
+
+
+# ---------------------------------------------------------------------------- sync
+def test_sync_commits_acks_and_is_idempotent(fleet, db):
+    badge, url, bid = provision(fleet, db, "alice")
+    want = fill_log(badge, fleet, days=3, per_day=50, corrupt=(1, 20))
+    rep = sync_badge(db, url, now=fleet.unix_time)
+    assert rep.ok and rep.records_new == 149 and rep.crc_errors == 1
+    assert stored(db, bid) == want
+    assert abs(rep.drift_s) < 5
+    assert rep.payload_bytes == 3 * (16 + 50 * 32)
+    assert rep.ratio > 0.7
+    assert len(rep.acked) == 3
+    assert log_files(badge) == []          # fully acknowledged past days are freed
+    assert rep.flash_total and rep.fw and rep.running is True
+    assert rep.coverage["records"] == 149
+    # again: nothing new, nothing duplicated
+    rep2 = sync_badge(db, url, now=fleet.unix_time)
+    assert rep2.ok and rep2.records_new == 0 and rep2.records_dup == 0
+    assert db.encounter_count(bid) == 149
+    assert db.check()["ok"]
+    assert [s["status"] for s in db.sessions(bid)] == ["ok", "ok"]
+
+
+def test_unplug_mid_sync_loses_and_duplicates_nothing(fleet, db):
+    badge, url, bid = provision(fleet, db, "bob")
+    want = fill_log(badge, fleet, days=3, per_day=300)
+    for cut in (200, 3_000, 25_000):
+        badge.console.disconnect_after(cut)
+        with pytest.raises(DeviceError):
+            sync_badge(db, url, now=fleet.unix_time)
+        assert db.encounter_count(bid) == 0    # nothing half-committed
+        assert len(log_files(badge)) == 3      # nothing acknowledged, nothing freed
+
+    class UnplugBeforeAck(BadgeLink):
+        def ack(self, day, offset):
+            badge.console.disconnect()
+            return super().ack(day, offset)
+
+    with pytest.raises(DeviceError):
+        sync_badge(db, url, now=fleet.unix_time, link_factory=UnplugBeforeAck)
+    assert stored(db, bid) == want             # committed, not yet acknowledged
+    assert len(log_files(badge)) == 3
+    rep = sync_badge(db, url, now=fleet.unix_time)
+    assert rep.ok and rep.records_new == 0 and rep.records_dup == 0 and len(rep.acked) == 3
+    assert stored(db, bid) == want and db.encounter_count(bid) == 900
+    assert log_files(badge) == []
+    statuses = [s["status"] for s in db.sessions(bid)]
+    # (the 200-byte cut falls before authentication, so before a session exists)
+    assert statuses.count("failed") == 3 and statuses[-1] == "ok"
+
+
+def test_unauthenticated_host_is_refused(fleet, db, tmp_path):
+    badge, url, bid = provision(fleet, db, "dave")
+    fill_log(badge, fleet, days=1, per_day=10)
+    with Database(tmp_path / "stranger.sqlite") as other:
+        with pytest.raises(DeviceError, match="unknown to this station"):
+            sync_badge(other, url, now=fleet.unix_time)
+        other.add_badge(bid, BOARD, os.urandom(32))    # right id, wrong secret
+        with pytest.raises(DeviceError, match="refused this station"):
+            sync_badge(other, url, now=fleet.unix_time)
+        assert other.encounter_count() == 0
+    with BadgeLink(url) as link:                      # no auth at all
+        for method, args in (("segments", ()), ("read", (0, 0, 16)), ("export_keys", (0,)),
+                             ("set_health", ("red",))):
+            with pytest.raises(BadgeRefused) as exc:
+                link.call(method, *args)
+            assert exc.value.code == "auth"
+    assert len(log_files(badge)) == 1                 # still there, unread
+    assert sync_badge(db, url, now=fleet.unix_time).records_new == 10
+
+
+# ---------------------------------------------------------------------------- health + status
+def test_health_code_reaches_the_badge_led(fleet, db, tmp_path, capsys):
+    badge, url, bid = provision(fleet, db, "erin")
+    db.set_health_code(bid, "yellow", "test exposure")
+    rep = sync_badge(db, url, now=fleet.unix_time)
+    assert rep.health_set == "yellow" and db.pending_health(bid) is None
+    profile = json.loads((flasher.DEFAULT_BOARDS_DIR / f"{BOARD}.json").read_text())
+    pin = profile["led"]["pin"]
+    assert tuple(badge.led()["neopixel"][pin][0]) == tuple(profile["led"]["colours"]["yellow"])
+    rc = main(["status", "--db", str(db.path), "--port", url, "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0, out
+    row = next(r for r in out["badges"] if r["badge_id"] == bid)
+    assert row["health"] == "yellow" and row["health_shown"] == "yellow"
+    assert row["running"] is True and row["fw"] and row["last_sync"]
+
+
+def test_status_flags_a_badge_without_firmware(fleet, db, capsys):
+    blank = fleet.add_badge("blank", board=BOARD)
+    blank.power_on()
+    rc = main(["status", "--db", str(db.path), "--port", blank.console_url()])
+    assert rc == 4 and "not running TraceCode firmware" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- diagnose
+def _badge_teks(badge) -> dict[int, bytes]:
+    raw = (Path(badge.flash.root) / "tc" / "keys.bin").read_bytes()
+    return {int.from_bytes(raw[i:i + 4], "little"): raw[i + 4:i + 20]
+            for i in range(0, len(raw), 20)}
+
+
+def test_diagnose_without_consent_releases_nothing(fleet, db, tmp_path, capsys):
+    badge, url, bid = provision(fleet, db, "frank")
+    fleet.run_for(600)
+    out = tmp_path / "out"
+    from tracecode.export import generate_signing_key
+    priv, _pub = generate_signing_key(tmp_path / "keys")
+    rc = main(["diagnose", "--badge", bid, "--port", url, "--db", str(db.path), "--out",
+               str(out), "--signing-key", str(priv), "--wait", "2"])
+    cap = capsys.readouterr()
+    assert "press the button" in cap.out
+    assert rc == 5 and "no consent" in cap.err and "nothing left the badge" in cap.err
+    assert not out.exists() or not any(out.iterdir())
+    assert db.diagnosed_keys() == [] and db.badge(bid)["diagnosed_at"] is None
+
+
+def test_diagnose_with_consent_writes_signed_batch(fleet, db, tmp_path, capsys):
+    badge, url, bid = provision(fleet, db, "grace")
+    fleet.run_for(2 * 86400)                       # a few days of keys
+    teks = _badge_teks(badge)
+    assert teks, "the firmware made no TEKs"
+    from tracecode.export import generate_signing_key, load_batch
+    priv, pub = generate_signing_key(tmp_path / "keys")
+    badge.press_button(after=1.0)
+    rc = main(["diagnose", "--badge", bid, "--port", url, "--db", str(db.path), "--out",
+               str(tmp_path / "out"), "--signing-key", str(priv), "--wait", "10",
+               "--onset-days", "2", "--report-type", "confirmed-test", "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    res = json.loads(cap.out)
+    batch = load_batch(res["file"], pubkeys=[pub])
+    assert batch.signature == "valid"
+    got = {k.rolling_start_interval_number: k.key_data for k in batch.keys}
+    assert got == {r: k for r, k in teks.items() if r in got} and len(got) >= 2
+    assert all(k.report_type == 1 for k in batch.keys)
+    assert batch.keys[-1].days_since_onset_of_symptoms == 2
+    stored_keys = {bytes(r["key_data"]) for r in db.diagnosed_keys(bid)}
+    assert stored_keys == set(got.values())
+    assert db.current_health(bid)["code"] == "red"
+    for tek in teks.values():                      # key bytes never printed
+        assert tek.hex() not in cap.err
