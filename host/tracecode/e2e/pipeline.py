@@ -90,7 +90,7 @@ def run_scenario(path: str | Path | Scenario, workdir: str | Path, *, mode: str 
     elif mode == "fleet":
         from .fleet import run_fleet  # needs tracecode.sim + tracecode.station
 
-        exposures, extra = run_fleet(scn, work, seed=seed, say=say)
+        exposures, extra = run_fleet(scn, work, seed=seed, say=say, scoring=cfg)
     else:
         raise InputError(f"unknown mode {mode!r} (synthetic or fleet)")
 

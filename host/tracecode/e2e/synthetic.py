@@ -26,11 +26,11 @@ from .scenario import DAY_S, Scenario, distance, walls_between
 
 @dataclass
 class RadioModel:
-    tx_power_dbm: int = -8          # what the badge writes into its AEM metadata (firmware default)
-    rssi_1m_dbm: float = -60.0      # RSSI one metre away, no obstacles (as tracecode.sim.radio)
+    tx_power_dbm: int = 3           # board profile TX power: radiated and written into the AEM (esp32-devkitc)
+    rssi_1m_dbm: float = -57.0      # RSSI one metre away, no obstacles (tracecode.sim.radio: tx - 60 dB)
     exponent: float = 3.0           # path-loss exponent (as tracecode.sim.radio)
     noise_db: float = 2.5           # std dev of one scan's mean RSSI (4 dB per reading, ~3 readings)
-    body_loss_db: float = 2.0       # mean extra loss from bodies/orientation (exponential, per pair and 10 min)
+    body_loss_db: float = 0.0       # mean extra loss from bodies/orientation (exponential, per pair and 10 min)
     sensitivity_dbm: float = -92.0
     scan_every_s: int = 120
     adverts_per_scan: int = 16      # 4 s window / 250 ms advertising interval

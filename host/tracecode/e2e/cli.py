@@ -1,0 +1,71 @@
+"""Command-line front of the end-to-end runner.
+
+`python -m tracecode.e2e SCENARIO... [--mode synthetic|fleet] [--out DIR] [--scoring JSON] [--json]`
+
+`tracecode sim run` (SIM's CLI) can delegate to it: `add_arguments(parser)` adds the options,
+`run(args)` runs the scenarios and prints the figures (one JSON document with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario YAML file(s)")
+    p.add_argument("--mode", choices=("synthetic", "fleet"), default="synthetic",
+                   help="fleet: virtual badges running the firmware, synced by the station code; "
+                        "synthetic: badge logs computed from the geometry (fast)")
+    p.add_argument("--out", type=Path, default=Path("out/e2e"), help="report folder (default out/e2e)")
+    p.add_argument("--scoring", help="JSON with thresholds_db / bucket_weights (e.g. tools/calibrate.py --out)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no-report", action="store_true", help="skip the PNG/HTML report")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON document")
+
+
+def run(args) -> int:
+    from .pipeline import run_scenario
+
+    results = []
+    for s in args.scenarios:
+        path = Path(s)
+        if not path.is_file():
+            raise InputError(f"{path}: no such scenario file")
+        say = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+        res = run_scenario(path, args.out / path.stem, mode=args.mode, scoring=args.scoring, seed=args.seed,
+                           report=not args.no_report, progress=say)
+        results.append(res)
+    if args.json:
+        from ..cli import print_json
+
+        keep = ("scenario", "mode", "people", "days", "precision", "recall", "metrics", "health_codes",
+                "per_person", "rule", "scoring", "wall_s", "report")
+        print_json({"scenarios": [{k: r[k] for k in keep if k in r} for r in results]})
+        return 0
+    for r in results:
+        m = r["metrics"]
+        print(f"{r['scenario']:<10} precision {r['precision']:.3f}  recall {r['recall']:.3f}  "
+              f"(TP {m['tp']} FP {m['fp']} FN {m['fn']} TN {m['tn']})  wall {r['wall_s']:.1f} s  [{r['mode']}]")
+        codes = " ".join(f"{p}={c}" for p, c in r["health_codes"].items())
+        print(f"           health codes: {codes}")
+        if "report" in r:
+            print(f"           report: {r['report']['html']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import TraceCodeError
+
+    p = argparse.ArgumentParser(prog="python -m tracecode.e2e", description="Run scenarios end to end and "
+                                "score the health codes against the scenarios' ground truth.")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except TraceCodeError as exc:
+        print(f"tracecode: error: {exc}", file=sys.stderr)
+        return exc.exit_code

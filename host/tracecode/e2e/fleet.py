@@ -1,0 +1,165 @@
+"""Fleet mode: the scenario played by virtual badges running the unmodified firmware.
+
+    badges      tracecode.sim.Fleet, one badge per person, paths from the scenario (absent =
+                parked far out of range), walls from the scenario
+    flash       tracecode.station.flasher.flash_badge over each badge's virtual serial console
+                (install firmware + provision: time, id, pairing secret in the station DB)
+    days        virtual time; every night at NIGHTLY_SYNC each badge is synced
+                (tracecode.station.sync.sync_badge: authenticated pull, SQLite commit, ack)
+    diagnosis   at the scenario's time: the key server issues a code, the consent button is
+                pressed on the badge, tracecode.station.diagnose uploads the TEKs over HTTP
+    publish     an hour later the key server publishes a signed, hash-chained batch
+    match       after the last day: follow the key server by URL, match every badge's synced
+                sightings (station DB), score, queue health codes; a last sync writes them to
+                the badges, and the codes are read back from the badges' flash
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .. import export
+from ..keyserver import KeyServer
+from ..keyserver.client import fetch_new_batches
+from ..keyserver.server import RunningServer
+from ..matcher import match as match_sightings
+from ..scoring import ScoringConfig
+from .evaluate import PersonExposure, codes_for
+from .scenario import DAY_S, Scenario
+
+NIGHTLY_SYNC_S = 23 * 3600 + 30 * 60       # 23:30 every day
+PUBLISH_DELAY_S = 3600
+FAR = 10_000.0                             # where absent people are parked (out of range)
+BOARD = "esp32-devkitc"
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _sim_path(scn: Scenario, j: int, keyframes):
+    from ..sim import Path as SimPath
+
+    far = (FAR + 100.0 * j, FAR)
+    pts: list[tuple[float, float, float]] = []
+    last = None
+    eps = 0.01
+    for t, pos in keyframes:
+        rel = t - scn.start
+        if pos is None:
+            if last is not None:
+                pts.append((rel, *last))
+            pts.append((rel + eps, *far))
+            last = None
+        else:
+            if last is None:
+                pts.append((rel - eps, *far))
+            pts.append((rel, *pos))
+            last = pos
+    if not pts:
+        pts = [(0.0, *far)]
+    if keyframes and keyframes[0][0] > scn.start:
+        pts.insert(0, (0.0, *far))
+    # Path sorts by time: make the times strictly increasing so equal times keep file order.
+    out, prev = [], None
+    for t, x, y in pts:
+        if prev is not None and t <= prev:
+            t = prev + 1e-4
+        out.append((t, x, y))
+        prev = t
+    return SimPath(out)
+
+
+def run_fleet(scn: Scenario, work: Path, *, seed: int = 1, say=lambda m: None,
+              scoring: ScoringConfig | None = None) -> tuple[dict[str, PersonExposure], dict]:
+    from ..sim import Fleet, RadioParams, Wall
+    from ..station import flasher
+    from ..station import sync as syncmod
+    from ..station.db import Database
+    from ..station.diagnose import diagnose
+    from ..station.ports import BadgePort
+
+    t_wall = time.monotonic()
+    cfg = scoring or ScoringConfig()
+    radio = RadioParams(walls=[Wall(w.a[0], w.a[1], w.b[0], w.b[1], w.attenuation_db) for w in scn.walls])
+    fleet = Fleet(workdir=work / "fleet", seed=seed, start_unix=scn.start, radio=radio)
+    db = Database(work / "station.sqlite")
+    clock = fleet.unix_time
+    ks = KeyServer.init(work / "keyserver", clock=clock)
+    info: dict = {"uploads": 0, "batches": [], "syncs": 0, "sync_errors": []}
+    timings: dict[str, float] = {}
+    try:
+        badges = {}
+        for j, p in enumerate(scn.people):
+            badges[p.id] = fleet.add_badge(p.id, path=_sim_path(scn, j, p.keyframes), board=BOARD)
+        fleet.power_on_all()
+        board = flasher.Board.load(BOARD)
+        for pid, b in badges.items():
+            opts = flasher.FlashOptions(board=board, skip_image=True, aioble_mip=False, badge_id=pid,
+                                        firmware_dir=ROOT / "firmware", now=clock)
+            flasher.flash_badge(BadgePort(b.console_url()), opts, db)
+        timings["flash_s"] = round(time.monotonic() - t_wall, 1)
+        say(f"{scn.name}: {len(badges)} virtual badges flashed and provisioned ({timings['flash_s']} s)")
+
+        def sync_all() -> None:
+            for pid, b in badges.items():
+                try:
+                    syncmod.sync_badge(db, b.console_url(), now=clock)
+                    info["syncs"] += 1
+                except Exception as exc:  # noqa: BLE001 - a failed sync is reported, the run goes on
+                    info["sync_errors"].append(f"{pid}: {exc}")
+
+        events: list[tuple[float, str, object]] = []
+        for d in range(scn.days):
+            events.append((scn.start + d * DAY_S + NIGHTLY_SYNC_S, "sync", None))
+        for dg in scn.diagnosed:
+            events.append((dg.at, "diagnose", dg))
+            events.append((dg.at + PUBLISH_DELAY_S, "publish", None))
+        events.sort(key=lambda e: (e[0], e[1]))
+        with RunningServer(ks) as srv:
+            for at, kind, obj in events:
+                fleet.run_until(max(fleet.clock(), min(at, scn.end) - scn.start))
+                if kind == "sync":
+                    sync_all()
+                    say(f"{scn.name}: nightly sync at day {int((at - scn.start) // DAY_S) + 1} "
+                        f"({round(time.monotonic() - t_wall, 1)} s)")
+                elif kind == "diagnose":
+                    code, _ = ks.issue_code()
+                    b = badges[obj.person]
+                    b.press_button(after=1.0, duration=0.5)
+                    diagnose(db, b.console_url(), obj.person, report_type=obj.report_type,
+                             onset_days=obj.onset_days, keyserver=srv.url, code=code, wait_s=30.0,
+                             prompt=lambda m: None, now=clock)
+                    info["uploads"] += 1
+                elif kind == "publish":
+                    info["batches"] += ks.publish()
+            fleet.run_until(scn.end - scn.start)
+            info["batches"] += ks.publish()
+            cache = work / "exports-cache"
+            keys = []
+            for p in fetch_new_batches(srv.url, cache, [ks.public_key_path()]):
+                keys += export.load_batch(p, pubkeys=[ks.public_key_path()]).keys
+            info["keyserver_url"] = srv.url
+        info["keys_published"] = len(keys)
+        sync_all()                                         # the last day's logs
+        diagnosed = scn.diagnosed_ids()
+        exposures = {}
+        for pid in scn.ids:
+            sightings = db.sightings(pid)
+            ms = match_sightings(keys, sightings, jobs=1) if keys else []
+            exposures[pid] = PersonExposure.from_matches(pid, ms, diagnosed=pid in diagnosed)
+        codes = codes_for(exposures, cfg)
+        for pid, code in codes.items():
+            if pid not in diagnosed:
+                db.set_health_code(pid, code, "e2e match")
+        sync_all()                                         # delivers the health codes
+        on_badge = {}
+        for pid, b in badges.items():
+            f = Path(b.flash.root if hasattr(b.flash, "root") else work / "fleet" / pid / "flash") / "tc" / "health.txt"
+            on_badge[pid] = f.read_text().strip() if f.exists() else None
+        info["health_codes_on_badges"] = on_badge
+        info["encounters_synced"] = db.encounter_count()
+        timings["total_s"] = round(time.monotonic() - t_wall, 1)
+        info["fleet_timings"] = timings
+        return exposures, info
+    finally:
+        fleet.close()
+        db.close()
