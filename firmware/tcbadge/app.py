@@ -70,7 +70,15 @@ class App:
     async def run(self):
         b = self.start()
         self.state = tcbadge.RUN["state"] = "running"
+        tcbadge.RUN["radio"] = self.radio.kind()
+        tcbadge.RUN["stats"] = self.stats
         await asyncio.gather(b.run(), self.scan_loop(), self.housekeep_loop())
+
+    def stats(self):
+        s = self.scanner.stats()
+        s["log_dropped"] = self.log.dropped
+        s["rotations"] = self.beacon.rotations if self.beacon is not None else 0
+        return s
 
     def shutdown(self):
         self.radio.stop()

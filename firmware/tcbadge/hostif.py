@@ -179,10 +179,13 @@ class Host:
         running, app = self._running()
         hl = health.Health(self.prov.profile(), self.root)
         s = log.summary()
+        stats = tcbadge.RUN.get("stats")
         _out({"id": self.prov.badge_id(), "fw": tcbadge.VERSION, "time": self.clock.now(),
               "clock": self.clock.state, "battery_mv": mv, "battery_pct": pct,
               "flash_free": free, "flash_total": total, "health": hl.code,
-              "running": running, "app": app, "provisioned": self.prov.provisioned(),
+              "running": running, "app": app, "radio": tcbadge.RUN.get("radio"),
+              "provisioned": self.prov.provisioned(),
+              "stats": stats() if stats is not None else None,
               "log": {"days": s["days"], "records": s["records"], "first": s["first"],
                       "last": s["last"], "unacked_bytes": s["unacked_bytes"],
                       "cut_bytes": log.cut_bytes}})

@@ -11,7 +11,7 @@ _IRQ_SCAN_DONE = const(6)
 _SCAN_INTERVAL_US = const(30000)
 _SCAN_WINDOW_US = const(30000)
 _ADDR_NRPA = const(3)
-_POLL_MS = const(100)
+_POLL_MS = const(500)
 
 
 def _load_aioble():
@@ -35,7 +35,7 @@ class Radio:
         self.ble = ble
         self.lock = asyncio.Lock()  # held while scanning and while changing the address
         self._flag = asyncio.ThreadSafeFlag()
-        self._ring = None
+        self._agg = None
         self._done = True
         self.adverts_started = 0
         self.addresses = 0
@@ -66,12 +66,12 @@ class Radio:
         self._stop_scan()
 
     def _irq(self, event, data):
-        # Runs in the BLE IRQ: copy what we keep into the bounded ring, set the flag, return.
+        # Runs in the BLE IRQ: fold the sighting into the preallocated table (no allocation;
+        # adv_data is only valid during this call), flag the end of the scan, return.
         if event == _IRQ_SCAN_RESULT:
-            ring = self._ring
-            if ring is not None:
-                ring.push(data[4], data[3])
-                self._flag.set()
+            agg = self._agg
+            if agg is not None:
+                agg.feed(data[4], data[3])
         elif event == _IRQ_SCAN_DONE:
             self._done = True
             self._flag.set()
@@ -103,35 +103,33 @@ class Radio:
         finally:
             self._stop_adv()
 
-    async def scan(self, duration_ms, ring, agg, t0):
-        # One passive scan window; raw sightings go into ring, the task moves them into agg.
+    async def scan(self, duration_ms, agg):
+        # One passive scan window; every sighting is folded into agg as it arrives.
         async with self.lock:
             if self.aioble is not None:
                 async with self.aioble.scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US,
                                             active=False) as results:
                     async for r in results:
                         if r.adv_data:
-                            ring.push(r.adv_data, r.rssi)
-                            if ring.count > ring.size // 2:
-                                agg.drain(ring, t0)
+                            agg.feed(r.adv_data, r.rssi)
                 return
-            self._ring = ring
             self._done = False
+            self._flag.clear()
+            self._agg = agg
             try:
-                self.ble.gap_scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US, False)
-            except OSError:
-                # EALREADY: a scan is still running (e.g. left over); stop it, start ours.
-                self._stop_scan()
-                self.ble.gap_scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US, False)
-            try:
+                try:
+                    self.ble.gap_scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US, False)
+                except OSError:
+                    # EALREADY: a scan is still running (e.g. left over); stop it, start ours.
+                    self._stop_scan()
+                    self.ble.gap_scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US, False)
                 end = time.ticks_add(time.ticks_ms(), duration_ms + 2000)
                 while not self._done and time.ticks_diff(end, time.ticks_ms()) > 0:
                     try:
                         await asyncio.wait_for_ms(self._flag.wait(), _POLL_MS)
                     except asyncio.TimeoutError:
                         pass
-                    agg.drain(ring, t0)
                 if not self._done:
                     self._stop_scan()
             finally:
-                self._ring = None
+                self._agg = None

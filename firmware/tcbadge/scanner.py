@@ -1,82 +1,58 @@
 # Scanner: passive, duty-cycled scans; keeps only 20-byte 0xFD6F service data; aggregates
 # repeated sightings of one RPI per scan (first/last seen, count, RSSI min/max/mean).
-# RAM is bounded: a fixed ring of raw sightings filled by the radio IRQ and a fixed table
-# of distinct RPIs per scan. Overload policy (what goes first):
-#  1. ring full (the task lags behind the IRQ): the newest sighting is dropped; an advertiser
-#     repeats every ~250 ms, so this costs sighting counts / RSSI precision, not encounters;
-#  2. table full (more distinct RPIs in one scan than slots): RPIs first heard after the table
-#     filled are dropped for this scan (they are heard again in the next scan).
-# Both are counted (ring_drops, table_drops). Records already aggregated are always logged.
+#
+# RAM is bounded and the IRQ path never allocates: the BLE IRQ handler filters the advert
+# and folds the sighting straight into a preallocated table (open addressing on a 30-bit
+# small-int key, so no dict growth and no bytes objects). The stack may deliver a whole
+# window's results in one burst; aggregating at once means a burst cannot overflow a
+# queue. The task reads the table only after the scan is done (single writer at a time)
+# and writes the records to flash.
+#
+# Overload policy (what goes first): when more distinct RPIs than `capacity` (256) are
+# heard in one window, RPIs first heard after the table filled are dropped for that window
+# (counted in `drops`; they are heard again next window). Repeated sightings of RPIs already
+# in the table are always counted. Aggregated records are never dropped for lack of RAM.
 import time
 
 from micropython import const
 
 from . import advert
 
-_SLOT = const(20)
+_ID = const(20)
 _KEYMASK = const(0x3FFFFFFF)
 
 
-def _key(buf, off):
-    # A 30-bit small int from the RPI's first bytes: dict lookups without allocating.
-    return (buf[off] | (buf[off + 1] << 8) | (buf[off + 2] << 16) | (buf[off + 3] << 24)) & _KEYMASK
-
-
-class SightingRing:
-    # Filled from the BLE IRQ: copies the 20 EN bytes and the RSSI, never allocates.
-    def __init__(self, size=64):
-        self.size = size
-        self.data = bytearray(size * _SLOT)
-        self.rssi = [0] * size
-        self.ticks = [time.ticks_ms()] * size
-        self.head = 0
-        self.count = 0
-        self.drops = 0
-        self.seen = 0
-
-    def push(self, adv, rssi):
-        off = advert.find_en(adv)
-        if off < 0:
-            return False
-        self.seen += 1
-        if self.count >= self.size:
-            self.drops += 1
-            return False
-        i = (self.head + self.count) % self.size
-        b = i * _SLOT
-        d = self.data
-        for j in range(_SLOT):
-            d[b + j] = adv[off + j]
-        self.rssi[i] = rssi
-        self.ticks[i] = time.ticks_ms()
-        self.count += 1
-        return True
-
-    def clear(self):
-        self.head = 0
-        self.count = 0
-
-
 class Aggregator:
-    # Distinct RPIs of one scan in preallocated tables. Times are ms since the scan began.
+    # Distinct RPIs of one scan. Times are ms since the scan began (small ints).
     def __init__(self, capacity=256):
         self.capacity = capacity
-        self.ids = bytearray(capacity * _SLOT)
+        hsize = 1
+        while hsize < capacity * 2:
+            hsize <<= 1
+        self._hmask = hsize - 1
+        self._hash = [-1] * hsize  # hash position -> slot
+        self.keys = [0] * capacity
+        self.ids = bytearray(capacity * _ID)  # RPI + AEM per slot
         self.first = [0] * capacity
         self.last = [0] * capacity
         self.cnt = [0] * capacity
         self.rmin = [0] * capacity
         self.rmax = [0] * capacity
         self.rsum = [0] * capacity
-        self.index = {}
+        self.mine = bytearray(capacity)  # 1: the badge's own advert, not logged
         self.n = 0
+        self.t0 = time.ticks_ms()
+        self.seen = 0
         self.drops = 0
         self.ignored = 0
-        self.own = []  # RPIs this badge broadcasts (bytes), ignored
+        self.own = []  # RPIs this badge broadcasts (bytes)
 
     def reset(self):
-        self.index = {}
+        h = self._hash
+        for i in range(len(h)):
+            h[i] = -1
         self.n = 0
+        self.t0 = time.ticks_ms()
 
     def _is_own(self, buf, off):
         for rpi in self.own:
@@ -89,65 +65,71 @@ class Aggregator:
                 return True
         return False
 
-    def add(self, buf, off, rssi, t_ms):
-        k = _key(buf, off)
-        s = self.index.get(k)
-        if s is None:
-            if self._is_own(buf, off):
-                self.index[k] = -1
-                self.ignored += 1
-                return
-            if self.n >= self.capacity:
-                self.drops += 1
-                return
-            s = self.n
-            self.n += 1
-            self.index[k] = s
-            b = s * _SLOT
-            ids = self.ids
-            for j in range(_SLOT):
-                ids[b + j] = buf[off + j]
-            self.first[s] = t_ms
-            self.last[s] = t_ms
-            self.cnt[s] = 1
-            self.rmin[s] = rssi
-            self.rmax[s] = rssi
-            self.rsum[s] = rssi
+    def feed(self, adv, rssi):
+        # Called from the BLE IRQ (or the aioble task) with the raw advert; allocation-free.
+        off = advert.find_en(adv)
+        if off < 0:
             return
-        if s < 0:
-            self.ignored += 1
-            return
-        b = s * _SLOT
-        ids = self.ids
-        for j in range(16):
-            if ids[b + j] != buf[off + j]:
-                # 30-bit key collision with a different RPI: too rare to be worth a slot.
-                self.drops += 1
-                return
-        if t_ms < self.first[s]:
-            self.first[s] = t_ms
-        if t_ms > self.last[s]:
-            self.last[s] = t_ms
-        self.cnt[s] += 1
-        if rssi < self.rmin[s]:
-            self.rmin[s] = rssi
-        if rssi > self.rmax[s]:
-            self.rmax[s] = rssi
-        self.rsum[s] += rssi
+        self.seen += 1
+        self.add(adv, off, rssi, time.ticks_diff(time.ticks_ms(), self.t0))
 
-    def drain(self, ring, t0_ticks):
-        # Move raw sightings from the ring into the table (runs in a task, not the IRQ).
-        while ring.count:
-            i = ring.head
-            self.add(ring.data, i * _SLOT, ring.rssi[i], time.ticks_diff(ring.ticks[i], t0_ticks))
-            ring.head = (i + 1) % ring.size
-            ring.count -= 1
+    def add(self, buf, off, rssi, t_ms):
+        k = (buf[off] | (buf[off + 1] << 8) | (buf[off + 2] << 16) | (buf[off + 3] << 24)) & _KEYMASK
+        hm = self._hmask
+        h = k & hm
+        ht = self._hash
+        ids = self.ids
+        while True:
+            s = ht[h]
+            if s < 0:
+                break
+            if self.keys[s] == k:
+                b = s * _ID
+                j = 4
+                while j < 16 and ids[b + j] == buf[off + j]:
+                    j += 1
+                if j == 16:
+                    if self.mine[s]:
+                        self.ignored += 1
+                        return
+                    if t_ms > self.last[s]:
+                        self.last[s] = t_ms
+                    self.cnt[s] += 1
+                    if rssi < self.rmin[s]:
+                        self.rmin[s] = rssi
+                    if rssi > self.rmax[s]:
+                        self.rmax[s] = rssi
+                    self.rsum[s] += rssi
+                    return
+            h = (h + 1) & hm
+        if self.n >= self.capacity:
+            self.drops += 1
+            return
+        s = self.n
+        b = s * _ID
+        for j in range(_ID):
+            ids[b + j] = buf[off + j]
+        self.keys[s] = k
+        self.first[s] = t_ms
+        self.last[s] = t_ms
+        self.cnt[s] = 1
+        self.rmin[s] = rssi
+        self.rmax[s] = rssi
+        self.rsum[s] = rssi
+        own = self._is_own(buf, off)
+        self.mine[s] = 1 if own else 0
+        if own:
+            self.ignored += 1
+        self.n = s + 1
+        ht[h] = s
 
     def records(self, start_unix):
         # Yields (rpi, aem, first_unix, last_unix, count, rssi_min, rssi_max, rssi_mean).
         ids = self.ids
         for s in range(self.n):
-            b = s * _SLOT
+            if self.mine[s]:
+                continue
+            b = s * _ID
             c = self.cnt[s]
             mean = self.rsum[s] / c
             mean = int(mean - 0.5) if mean < 0 else int(mean + 0.5)
@@ -159,12 +141,11 @@ class Aggregator:
 class Scanner:
     # Duty cycle: a window of scan_window_ms every scan_every_s (defaults: 4 s every 120 s,
     # so every advertiser in range is scanned at least twice in any 5 minutes).
-    def __init__(self, radio, clock, log, config, ring_size=64, capacity=256):
+    def __init__(self, radio, clock, log, config, capacity=256):
         self.radio = radio
         self.clock = clock
         self.log = log
         self.config = config
-        self.ring = SightingRing(ring_size)
         self.agg = Aggregator(capacity)
         self.scans = 0
         self.logged = 0
@@ -173,15 +154,10 @@ class Scanner:
         self.agg.own = rpis
 
     async def scan_once(self):
-        cfg = self.config
         agg = self.agg
-        ring = self.ring
         agg.reset()
-        ring.clear()
         start = self.clock.now()
-        t0 = time.ticks_ms()
-        await self.radio.scan(cfg["scan_window_ms"], ring, agg, t0)
-        agg.drain(ring, t0)
+        await self.radio.scan(self.config["scan_window_ms"], agg)
         self.scans += 1
         if not self.clock.is_set():
             return 0
@@ -194,6 +170,5 @@ class Scanner:
         return n
 
     def stats(self):
-        return {"scans": self.scans, "logged": self.logged, "seen": self.ring.seen,
-                "ring_drops": self.ring.drops, "table_drops": self.agg.drops,
-                "ignored_own": self.agg.ignored}
+        return {"scans": self.scans, "logged": self.logged, "seen": self.agg.seen,
+                "table_drops": self.agg.drops, "ignored_own": self.agg.ignored}

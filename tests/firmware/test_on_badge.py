@@ -42,11 +42,16 @@ def provision(badge, name, board="esp32-devkitc", secret=None, config=None):
     return profile
 
 
-def make_fleet(tmp_path, names_positions, seed=1, board="esp32-devkitc", config=None):
+AIOBLE_DIR = Path(os.environ.get("TRACECODE_AIOBLE_DIR",
+                                 "/work/ext/micropython/bluetooth/aioble/aioble"))
+
+
+def make_fleet(tmp_path, names_positions, seed=1, board="esp32-devkitc", config=None, aioble=False):
     fleet = sim.Fleet(workdir=tmp_path, seed=seed, start_unix=START)
     badges = {}
     for name, pos in names_positions:
-        b = fleet.add_badge(name, firmware_dir=str(FIRMWARE), position=pos, board=board)
+        extra = {"aioble_dir": str(AIOBLE_DIR)} if aioble else {}
+        b = fleet.add_badge(name, firmware_dir=str(FIRMWARE), position=pos, board=board, **extra)
         provision(b, name, board, secret=hashlib.sha256(name.encode()).digest(), config=config)
         badges[name] = b
     return fleet, badges
@@ -70,11 +75,24 @@ def all_rpis(keys, tx_power):
 
 
 @pytest.mark.timeout(300)
-def test_two_badges_for_an_hour(tmp_path):
-    fleet, b = make_fleet(tmp_path, [("alice", (0.0, 0.0)), ("bob", (1.5, 0.0))])
+@pytest.mark.parametrize("radio", ["bluetooth", "aioble"])
+def test_two_badges_for_an_hour(tmp_path, radio):
+    # "bluetooth": the firmware's own minimal driver (what CI runs); "aioble": the same with
+    # micropython-lib's aioble in /lib on the badge (skipped where aioble is not available:
+    # it is in no package registry, see docs/firmware.md).
+    if radio == "aioble" and not (AIOBLE_DIR / "__init__.py").exists():
+        pytest.skip("aioble not available at %s (set TRACECODE_AIOBLE_DIR)" % AIOBLE_DIR)
+    fleet, b = make_fleet(tmp_path, [("alice", (0.0, 0.0)), ("bob", (1.5, 0.0))],
+                          aioble=radio == "aioble")
     try:
         start(fleet, b)
         fleet.run_until(3600 + 5)
+        t = _transport(b["alice"].console_url())
+        try:
+            st = _call(t, "from tcbadge.hostif import Host\nh = Host()\nh.status()")
+        finally:
+            t.close()
+        assert st["radio"] == radio and st["app"] == "interrupted" and st["running"]
     finally:
         fleet.close()
     profile = json.loads((BOARDS / "esp32-devkitc.json").read_text())
@@ -96,7 +114,7 @@ def test_two_badges_for_an_hour(tmp_path):
             assert enin * 600 <= r["first"] <= enin * 600 + 600 + 540
             assert START <= r["first"] <= r["last"] <= START + 3605
             assert -85 <= r["rssi_min"] <= r["rssi_mean"] <= r["rssi_max"] <= -30
-            assert r["count"] >= 2
+            assert r["count"] >= (2 if radio == "bluetooth" else 1)
             enins.add(enin)
         assert len(enins) >= 6  # every 10-minute interval of the hour was heard
         # the TEK is aligned to its day and the RPIs on air came from it
@@ -212,3 +230,32 @@ def test_power_cuts_at_random_points(tmp_path):
     recs = read_log(fd)
     assert cuts == 25 and len(recs) > 20
     assert torn >= 5, "too few cuts tore a record: %d" % torn
+
+
+@pytest.mark.timeout(600)
+def test_crowd_of_200_advertisers(tmp_path):
+    # One badge in the middle of 200 others (all within a few metres) for 10 minutes: its
+    # RAM stays bounded (fixed ring + 256-slot table), nothing is dropped from the log, and
+    # every advertiser is logged within 5 minutes.
+    rnd = random.Random(3)
+    people = [("me", (0.0, 0.0))]
+    for i in range(200):
+        people.append(("p%03d" % i, (rnd.uniform(-4, 4), rnd.uniform(-4, 4))))
+    fleet, b = make_fleet(tmp_path, people)
+    try:
+        start(fleet, b)
+        fleet.run_until(600)
+        t = _transport(b["me"].console_url())
+        try:
+            st = _call(t, "from tcbadge.hostif import Host\nh = Host()\nh.status()")
+        finally:
+            t.close()
+    finally:
+        fleet.close()
+    stats = st["stats"]
+    assert stats["log_dropped"] == 0 and stats["table_drops"] == 0
+    recs = read_log(flash_dir(b["me"]))
+    first5 = {r["rpi"] for r in recs if r["first"] <= START + 300}
+    # 200 advertisers, each with one RPI (maybe two across a rotation) in the first 5 min
+    assert len(first5) >= 200
+    assert stats["scans"] >= 5 and st["log"]["records"] == len(recs)

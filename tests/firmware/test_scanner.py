@@ -25,53 +25,61 @@ def test_filter_accepts_only_20_byte_fd6f(fw):
 
 
 def test_aggregates_per_rpi(fw):
-    ring = fw.scanner.SightingRing(64)
     agg = fw.scanner.Aggregator(16)
     a1, r1 = adv(fw, 1)
     a2, r2 = adv(fw, 2)
+    agg.reset()
     for t, (a, rssi) in enumerate([(a1, -60), (a2, -80), (a1, -70), (a1, -41), (a2, -82)]):
         fw.ticks[0] = t * 1000
-        assert ring.push(a, rssi)
-    agg.drain(ring, 0)
+        agg.feed(memoryview(a), rssi)
+    agg.feed(b"\x02\x01\x06", -50)  # not an EN advert: ignored
     recs = {r[0]: r for r in agg.records(1_700_000_000)}
     assert recs[r1] == (r1, b"\x11\x22\x33\x44", 1_700_000_000, 1_700_000_003, 3, -70, -41, -57)
     assert recs[r2] == (r2, b"\x11\x22\x33\x44", 1_700_000_001, 1_700_000_004, 2, -82, -80, -81)
+    assert agg.seen == 5
+    agg.reset()
+    assert list(agg.records(0)) == []
+
+
+def test_key_collisions_are_kept_apart(fw):
+    # Same 30-bit key (first 4 bytes), different RPIs: two slots, not one.
+    agg = fw.scanner.Aggregator(8)
+    x = bytes(fw.advert.build(b"\xaa" * 4 + b"\x01" * 12, b"\x00" * 4))
+    y = bytes(fw.advert.build(b"\xaa" * 4 + b"\x02" * 12, b"\x00" * 4))
+    for a in (x, y, x, y, y):
+        agg.feed(a, -60)
+    assert sorted(r[4] for r in agg.records(0)) == [2, 3]
 
 
 def test_own_adverts_ignored(fw):
-    ring = fw.scanner.SightingRing(8)
     agg = fw.scanner.Aggregator(8)
     a1, r1 = adv(fw, 1)
     a2, r2 = adv(fw, 2)
     agg.own = [r1]
-    ring.push(a1, -30)
-    ring.push(a2, -60)
-    ring.push(a1, -30)
-    agg.drain(ring, 0)
+    agg.feed(a1, -30)
+    agg.feed(a2, -60)
+    agg.feed(a1, -30)
     assert [r[0] for r in agg.records(0)] == [r2]
     assert agg.ignored == 2
 
 
 def test_crowd_of_200_is_bounded(fw):
-    # 200 advertisers, each heard 16 times (4 s of 250 ms adverts), a small table of 150.
-    ring = fw.scanner.SightingRing(64)
+    # 200 advertisers, each heard 16 times in one burst, a table of 150 slots.
     agg = fw.scanner.Aggregator(150)
     advs = [adv(fw, i)[0] for i in range(1, 201)]
     for rep in range(16):
         for a in advs:
-            if not ring.push(a, -70):
-                agg.drain(ring, 0)
-                assert ring.push(a, -70)
-    agg.drain(ring, 0)
+            agg.feed(a, -70)
     recs = list(agg.records(0))
     assert len(recs) == 150  # the first 150 distinct RPIs keep their slots
     assert all(r[4] == 16 for r in recs)
     assert agg.drops == 50 * 16
-    # A full ring drops the newest sighting and counts it.
-    ring2 = fw.scanner.SightingRing(4)
-    for a in advs[:6]:
-        ring2.push(a, -50)
-    assert ring2.count == 4 and ring2.drops == 2
+    # The default table takes all 200.
+    big = fw.scanner.Aggregator()
+    for rep in range(3):
+        for a in advs:
+            big.feed(a, -70)
+    assert len(list(big.records(0))) == 200 and big.drops == 0
 
 
 def test_keystore_aligned_persisted_pruned(fw, tmp_path):

@@ -13,33 +13,25 @@ from tcbadge import advert, scanner
 out = {}
 gc.collect()
 a0 = gc.mem_alloc()
-ring = scanner.SightingRing(64)
 agg = scanner.Aggregator(256)
 gc.collect()
-out["scanner_tables_bytes"] = gc.mem_alloc() - a0
+out["scanner_table_bytes"] = gc.mem_alloc() - a0
 advs = [advert.build(bytes([i & 0xFF, i >> 8]) * 8, b"\x01\x02\x03\x04") for i in range(200)]
 gc.collect()
 a1 = gc.mem_alloc()
-t0 = time.ticks_ms()
+agg.reset()
 n = 0
-peak = 0
 start = time.ticks_us()
 for rep in range(16):
     for a in advs:
-        ring.push(a, -70)
+        agg.feed(a, -70)
         n += 1
-        if ring.count >= 32:
-            agg.drain(ring, t0)
-            m = gc.mem_alloc()
-            if m > peak:
-                peak = m
-agg.drain(ring, t0)
 dt = time.ticks_diff(time.ticks_us(), start)
 out["sightings"] = n
 out["distinct"] = agg.n
-out["ring_drops"] = ring.drops
+out["table_drops"] = agg.drops
 out["sightings_per_s_vm"] = int(n * 1000000 / dt)
-out["heap_growth_200_advertisers_bytes"] = max(peak, gc.mem_alloc()) - a1
+out["heap_growth_200_advertisers_bytes"] = gc.mem_alloc() - a1
 recs = list(agg.records(1700000000))
 out["records"] = len(recs)
 print(json.dumps(out))

@@ -65,21 +65,30 @@ def _():
 @check("aggregation")
 def _():
     from tcbadge import advert, scanner
-    ring = scanner.SightingRing(8)
     agg = scanner.Aggregator(4)
+    agg.reset()
     advs = [advert.build(bytes([i]) * 16, b"\x01\x02\x03\x04") for i in range(1, 7)]
-    t0 = time.ticks_ms()
     for rep in range(3):
         for a in advs:
-            if not ring.push(memoryview(a), -60 - rep):
-                agg.drain(ring, t0)
-                ring.push(memoryview(a), -60 - rep)
-    agg.drain(ring, t0)
+            agg.feed(memoryview(a), -60 - rep)
     recs = list(agg.records(1700000000))
     assert len(recs) == 4, len(recs)
     for r in recs:
         assert r[4] == 3 and r[5] == -62 and r[6] == -60 and r[7] == -61, r
     assert agg.drops == 6
+    # No allocation per sighting once an RPI is in the table.
+    import gc
+    gc.collect()
+    gc.disable()
+    a0, a1, a2, a3 = advs[0], advs[1], advs[2], advs[3]
+    m = gc.mem_alloc()
+    agg.feed(a0, -70)
+    agg.feed(a1, -70)
+    agg.feed(a2, -71)
+    agg.feed(a3, -72)
+    grown = gc.mem_alloc() - m
+    gc.enable()
+    assert grown == 0, grown
 
 
 @check("log-records-and-recovery")
