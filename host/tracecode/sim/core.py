@@ -83,7 +83,8 @@ class Scheduler:
         with self._cond:
             ev = _Event(max(t, self.now), next(self._seq), fn, args)
             heapq.heappush(self._heap, ev)
-            self._cond.notify_all()
+            if not self._driving or self.realtime:
+                self._cond.notify_all()
         return ev
 
     def call_soon(self, fn: Callable, *args: Any) -> _Event:
@@ -234,8 +235,11 @@ class CPU:
     def __init__(self, sched: Scheduler, name: str):
         self.sched = sched
         self.name = name
-        self._go = threading.Semaphore(0)
-        self._back = threading.Semaphore(0)
+        # binary semaphores as raw locks (held = no token): released by the other thread
+        self._go = threading.Lock()
+        self._go.acquire()
+        self._back = threading.Lock()
+        self._back.acquire()
         self.thread: threading.Thread | None = None
         self.alive = False
         self.waiting = False
