@@ -117,6 +117,13 @@ def test_two_badges_for_an_hour(tmp_path, radio):
             assert r["count"] >= (2 if radio == "bluetooth" else 1)
             enins.add(enin)
         assert len(enins) >= 6  # every 10-minute interval of the hour was heard
+        # No RPI was on air for more than 20 minutes (first to last sighting of it).
+        span = {}
+        for r in recs:
+            lo, hi = span.get(r["rpi"], (r["first"], r["last"]))
+            span[r["rpi"]] = (min(lo, r["first"]), max(hi, r["last"]))
+        assert max(hi - lo for lo, hi in span.values()) <= 1200
+        assert len(span) >= 6
         # the TEK is aligned to its day and the RPIs on air came from it
         assert all(rsin % 144 == 0 for rsin, _ in keys[other])
 
@@ -259,3 +266,38 @@ def test_crowd_of_200_advertisers(tmp_path):
     # 200 advertisers, each with one RPI (maybe two across a rotation) in the first 5 min
     assert len(first5) >= 200
     assert stats["scans"] >= 5 and st["log"]["records"] == len(recs)
+
+
+@pytest.mark.timeout(600)
+def test_sixteen_days_retention_and_full_flash(tmp_path):
+    # Two badges together for 16 days: logs and keys are kept 14 days, older ones deleted;
+    # then a nearly full flash makes the badge drop its oldest day, not crash.
+    fleet, b = make_fleet(tmp_path, [("alice", (0.0, 0.0)), ("bob", (2.0, 0.0))],
+                          config={"scan_every_s": 300, "scan_window_ms": 4000})
+    alice = b["alice"]
+    fd = flash_dir(alice)
+    try:
+        start(fleet, b)
+        fleet.run_until(16 * 86400 + 600)
+        days = sorted(int(p.stem) for p in (fd / "log").glob("*.tcl"))
+        today = int(fleet.unix_time()) // 86400
+        assert days == list(range(today - 13, today + 1))
+        keys = read_keys(fd)
+        assert len(keys) == 14
+        assert [r for r, _ in keys] == [(today - 13 + i) * 144 for i in range(14)]
+        # 4 KB free: less than the 8 KB reserve, so the next appends must free old days first.
+        alice.flash.set_free(4096)
+        fleet.run_for(2 * 86400)
+        t = _transport(alice.console_url())
+        try:
+            st = _call(t, "from tcbadge.hostif import Host\nh = Host()\nh.status()")
+        finally:
+            t.close()
+    finally:
+        fleet.close()
+    assert st["running"] and st["app"] == "interrupted"
+    days2 = sorted(int(p.stem) for p in (fd / "log").glob("*.tcl"))
+    assert days2[-1] == today + 2 and len(days2) < 14  # oldest days dropped for room
+    assert days2 == list(range(days2[0], today + 3))  # only from the old end
+    recs = read_log(fd)
+    assert any(r["first"] // 86400 == today + 2 for r in recs)
