@@ -6,7 +6,7 @@ A virtual badge is flashed and provisioned by the station code, then its flash f
 (docs/log-format.md), and the station syncs it over the virtual console throttled to a
 UART's byte rate (baud / 10). Printed per baud rate: payload bytes, wire bytes during the
 pull, seconds, payload bytes/s, payload/wire ratio, and the link utilisation
-(payload/s over the link's bytes/s).
+(wire bytes/s during the pull over the link's bytes/s).
 
     .venv/bin/python tools/bench_sync.py [--days 14] [--per-hour 200] [--baud 115200 921600]
 """
@@ -73,7 +73,7 @@ def bench(baud: int, days: int, per_hour: int, workdir: Path) -> dict:
         db.close()
         return {"baud": baud, "payload": rep.payload_bytes, "wire": rep.pull_wire_bytes,
                 "seconds": rep.pull_seconds, "rate": rep.throughput, "ratio": rep.ratio,
-                "link": rep.throughput / (baud / 10), "records": rep.records_new}
+                "link": rep.pull_wire_bytes / rep.pull_seconds / (baud / 10), "records": rep.records_new}
     finally:
         fleet.close()
 
@@ -89,7 +89,7 @@ def main() -> int:
               f"{args.days * args.per_hour * 24} records "
               f"({args.days * (16 + args.per_hour * 24 * 32)} bytes)")
         print(f"{'baud':>8} {'payload B':>10} {'wire B':>10} {'seconds':>8} "
-              f"{'payload B/s':>12} {'ratio':>6} {'link use':>8}")
+              f"{'payload B/s':>12} {'ratio':>6} {'wire use':>8}")
         for baud in args.baud:
             r = bench(baud, args.days, args.per_hour, Path(tmp))
             print(f"{r['baud']:>8} {r['payload']:>10} {r['wire']:>10} {r['seconds']:>8.1f} "

@@ -22,7 +22,8 @@ from tracecode.station.sync import sync_badge
 sim = pytest.importorskip("tracecode.sim", reason="virtual badges (tracecode.sim) not installed")
 
 pytestmark = pytest.mark.timeout(120)
-BOARD = "m5stack-atom-lite"     # RGB LED (health colour) and a consent button
+BOARD = "m5stack-atom-lite"     # RGB LED: the health colour can be read back
+BUTTON_BOARD = "esp32-devkitc"  # consent button on GPIO0 with the internal pull-up
 
 
 @pytest.fixture
@@ -39,12 +40,12 @@ def db(tmp_path):
     d.close()
 
 
-def provision(fleet, db, name, position=(0.0, 0.0)):
+def provision(fleet, db, name, position=(0.0, 0.0), board=BOARD):
     """A blank virtual badge, flashed (files + provisioning) by the station code."""
-    badge = fleet.add_badge(name, position=position, board=BOARD)
+    badge = fleet.add_badge(name, position=position, board=board)
     badge.power_on()
     url = badge.console_url()
-    opts = flasher.FlashOptions(board=flasher.Board.load(BOARD), skip_image=True,
+    opts = flasher.FlashOptions(board=flasher.Board.load(board), skip_image=True,
                                 aioble_mip=False, now=fleet.unix_time)
     res = flasher.flash_badge(BadgePort(url), opts, db)
     return badge, url, res["badge_id"]
@@ -219,7 +220,7 @@ def _badge_teks(badge) -> dict[int, bytes]:
 
 
 def test_diagnose_without_consent_releases_nothing(fleet, db, tmp_path, capsys):
-    badge, url, bid = provision(fleet, db, "frank")
+    badge, url, bid = provision(fleet, db, "frank", board=BUTTON_BOARD)
     fleet.run_for(600)
     out = tmp_path / "out"
     from tracecode.export import generate_signing_key
@@ -233,8 +234,18 @@ def test_diagnose_without_consent_releases_nothing(fleet, db, tmp_path, capsys):
     assert db.diagnosed_keys() == [] and db.badge(bid)["diagnosed_at"] is None
 
 
-def test_diagnose_with_consent_writes_signed_batch(fleet, db, tmp_path, capsys):
-    badge, url, bid = provision(fleet, db, "grace")
+def test_diagnose_with_consent_writes_signed_batch(db, tmp_path, capsys):
+    # virtual time starts 2.5 days ago so that after 2 days of tracing the badge's keys are
+    # not in the future of the host clock the CLI uses
+    fleet = sim.Fleet(workdir=tmp_path / "fleet", seed=4, start_unix=int(time.time()) - 216000)
+    try:
+        _diagnose_with_consent(fleet, db, tmp_path, capsys)
+    finally:
+        fleet.close()
+
+
+def _diagnose_with_consent(fleet, db, tmp_path, capsys):
+    badge, url, bid = provision(fleet, db, "grace", board=BUTTON_BOARD)
     fleet.run_for(2 * 86400)                       # a few days of keys
     teks = _badge_teks(badge)
     assert teks, "the firmware made no TEKs"

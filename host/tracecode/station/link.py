@@ -24,22 +24,38 @@ from ..errors import DeviceError
 PROTO_VERSION = 1
 AUTH_CONTEXT = b"tc-auth-v1"
 # Log bytes per host-interface read call; several calls run in one raw-REPL exec.
-READ_CHUNK = 8192
-EXEC_READ_LIMIT = 64 * 1024
+READ_CHUNK = 12288
+EXEC_READ_LIMIT = 16 * READ_CHUNK
 
 
 class CountingSerial:
-    """Wraps a pyserial object and counts the bytes read and written."""
+    """Wraps a pyserial object: counts the bytes read and written, and lets bytes read
+    ahead in bulk be pushed back for mpremote's own byte-wise reads."""
 
     def __init__(self, inner):
         object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "_pending", bytearray())
         object.__setattr__(self, "rx", 0)
         object.__setattr__(self, "tx", 0)
 
     def read(self, n=1):
+        if self._pending:
+            data = bytes(self._pending[:n])
+            del self._pending[:n]
+            return data
         data = self._inner.read(n)
         object.__setattr__(self, "rx", self.rx + len(data))
         return data
+
+    def unread(self, data: bytes) -> None:
+        self._pending[:0] = data
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self._pending) or self._inner.in_waiting
+
+    def inWaiting(self) -> int:  # noqa: N802 (pyserial 2 name, used by mpremote)
+        return self.in_waiting
 
     def write(self, data):
         object.__setattr__(self, "tx", self.tx + len(data))
@@ -176,37 +192,46 @@ class BadgeLink:
         return out
 
     def _follow(self, timeout_s: float, on_data) -> tuple[bytes, bytes]:
-        """Read stdout up to \\x04 and stderr up to the next \\x04, in bulk reads."""
+        """Read stdout up to \\x04 and stderr up to the next \\x04, in bulk reads.
+
+        (pyserial's socket `in_waiting` is only 0/1, so reads use a short timeout and a
+        large size instead of `read(in_waiting)`.)"""
         s = self.serial
-        buf = bytearray()
-        last = time.monotonic()
-        stage_out: bytes | None = None
-        while True:
-            n = s.in_waiting
-            chunk = s.read(n if n > 0 else 1)
-            now = time.monotonic()
-            if not chunk:
-                if now - last > timeout_s:
-                    raise DeviceError(f"{self.port}: the badge stopped answering "
-                                      f"(no output for {timeout_s:.0f} s)",
-                                      hint="unplugged? run the command again")
-                continue
-            last = now
-            buf += chunk
-            if on_data is not None:
-                on_data(len(chunk))
+        saved = s.timeout
+        s.timeout = 0.01
+        try:
+            buf = bytearray()
+            last = time.monotonic()
+            stage_out: bytes | None = None
+            scan = 0
             while True:
-                i = buf.find(b"\x04")
-                if i < 0:
-                    break
-                if stage_out is None:
-                    stage_out = bytes(buf[:i])
-                    del buf[: i + 1]
-                else:
-                    err = bytes(buf[:i])
-                    del buf[: i + 1]
-                    # A trailing '>' prompt may follow; mpremote reads it before the next exec.
-                    return stage_out, err
+                chunk = s.read(65536)
+                now = time.monotonic()
+                if not chunk:
+                    if now - last > timeout_s:
+                        raise DeviceError(f"{self.port}: the badge stopped answering "
+                                          f"(no output for {timeout_s:.0f} s)",
+                                          hint="unplugged? run the command again")
+                    continue
+                last = now
+                buf += chunk
+                if on_data is not None:
+                    on_data(len(chunk))
+                while True:
+                    i = buf.find(b"\x04", scan)
+                    if i < 0:
+                        scan = len(buf)
+                        break
+                    scan = 0
+                    if stage_out is None:
+                        stage_out = bytes(buf[:i])
+                        del buf[: i + 1]
+                    else:
+                        # The '>' prompt after it is mpremote's to read before the next exec.
+                        s.unread(bytes(buf[i + 1:]))
+                        return stage_out, bytes(buf[:i])
+        finally:
+            s.timeout = saved
 
     @staticmethod
     def _one_json(out: bytes, what: str) -> dict:
