@@ -269,3 +269,37 @@ def _diagnose_with_consent(fleet, db, tmp_path, capsys):
     assert db.current_health(bid)["code"] == "red"
     for tek in teks.values():                      # key bytes never printed
         assert tek.hex() not in cap.err
+
+
+
+def test_diagnose_uploads_to_key_server(db, tmp_path):
+    from tracecode.export import load_batch
+    from tracecode.keyserver.server import RunningServer
+    from tracecode.keyserver.store import KeyServer
+    from tracecode.station.diagnose import diagnose
+
+    fleet = sim.Fleet(workdir=tmp_path / "fleet", seed=5, start_unix=int(time.time()) - 130000)
+    try:
+        badge, url, bid = provision(fleet, db, "heidi", board=BUTTON_BOARD)
+        fleet.run_for(86400)
+        teks = _badge_teks(badge)
+        ks = KeyServer.init(tmp_path / "ks")
+        code, _exp = ks.issue_code()
+        with RunningServer(ks) as srv:
+            badge.press_button(after=0.5)
+            with pytest.raises(TraceCodeError, match="key server refused"):
+                diagnose(db, url, bid, keyserver=srv.url, code="WRONG-CODE-1", wait_s=5,
+                         prompt=lambda t: None)
+            assert db.diagnosed_keys() == []          # nothing stored on a failed upload
+            badge.press_button(after=0.5)
+            res = diagnose(db, url, bid, keyserver=srv.url, code=code, wait_s=5,
+                           report_type=2, prompt=lambda t: None)
+        assert res["keys"] == len(teks) >= 2
+        published = ks.publish()
+        assert published
+        keys = [k for p in published for k in load_batch(ks.www / p, allow_unsigned=True).keys]
+        assert {k.key_data for k in keys} == set(teks.values())
+        assert {k.report_type for k in keys} == {2}
+        assert len(db.diagnosed_keys(bid)) == len(teks)
+    finally:
+        fleet.close()
