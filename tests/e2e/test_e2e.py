@@ -212,3 +212,31 @@ def test_calibration_never_tunes_on_the_held_out_scenario():
         again["cross_validation"][0]["recall"] != base["cross_validation"][0]["recall"]
     assert base["settings_tried"] == len(configs)
     assert {f["held_out"] for f in base["cross_validation"]} == {"office", "classroom", "bus"}
+
+
+# ---------------------------------------------------------------------------- fleet mode (virtual badges)
+
+
+@pytest.mark.timeout(300)
+def test_fleet_mode_end_to_end_on_virtual_badges(tmp_path):
+    sim = pytest.importorskip("tracecode.sim", reason="virtual badges (tracecode.sim) not built")
+    pytest.importorskip("tracecode.station.flasher", reason="sync station not built")
+    assert hasattr(sim, "Fleet")
+    doc = _pair()
+    doc["people"] = [
+        {"id": "a", "path": [["08:00", [1, 1]], ["09:00", [1, 1]], ["09:00", None]]},
+        {"id": "b", "path": [["08:00", [2.2, 1]], ["09:00", [2.2, 1]], ["09:00", None]]},
+        {"id": "c", "path": [["08:00", [9, 9]], ["09:00", [9, 9]], ["09:00", None]]},
+    ]
+    doc["diagnosed"] = [{"person": "a", "at": "d1 12:00"}]
+    res = run_scenario(load_scenario(doc), tmp_path, mode="fleet", report=False)
+    assert res["ground_truth"]["close_contacts"] == ["b"]
+    assert res["health_codes"] == {"a": "red", "b": "red", "c": "green"}
+    # the codes really reached the badges (read back from their flash after the last sync)
+    assert res["health_codes_on_badges"] == {"a": "red", "b": "red", "c": "green"}
+    assert res["uploads"] == 1 and len(res["batches"]) == 1 and res["keys_published"] >= 1
+    assert res["sync_errors"] == [] and res["encounters_synced"] > 0
+    per = {p["id"]: p for p in res["per_person"]}
+    assert sum(per["b"]["exposure_minutes"].values()) >= 45          # an hour side by side
+    assert per["c"]["max_daily_score"] == 0                          # 11 m away: heard, not scored
+    assert res["precision"] == 1.0 and res["recall"] == 1.0
