@@ -208,6 +208,33 @@ def _keyframes(raw: list, start: int, days: int, where: str) -> list[tuple[float
     return out
 
 
+def _duration(v: Any, what: str) -> float:
+    from ..sim.scenario import parse_duration   # the simulator's duration syntax ("1h30m", "1d")
+
+    return parse_duration(v, what)
+
+
+def _sim_style(raw: list) -> bool:
+    """The simulator's path items: [t, x, y] or {t: ..., at: [x, y]}."""
+    first = raw[0]
+    return (isinstance(first, (list, tuple)) and len(first) == 3) or (isinstance(first, dict) and "at" in first
+                                                                       and "t" in first)
+
+
+def _sim_keyframes(raw: list, start: int, where: str) -> list[tuple[float, tuple[float, float] | None]]:
+    out = []
+    for i, item in enumerate(raw):
+        if isinstance(item, dict):
+            t, pos = item.get("t"), item.get("at")
+        elif isinstance(item, (list, tuple)) and len(item) == 3:
+            t, pos = item[0], item[1:]
+        else:
+            raise InputError(f"{where}[{i}]: expected [t, x, y] or {{t: ..., at: [x, y]}}")
+        out.append((start + _duration(t, f"{where}[{i}]"), _point(pos, f"{where}[{i}]")))
+    out.sort(key=lambda kf: kf[0])
+    return out
+
+
 def load_scenario(path: str | Path | dict) -> Scenario:
     if isinstance(path, dict):
         doc, src = path, None
@@ -223,7 +250,12 @@ def load_scenario(path: str | Path | dict) -> Scenario:
         raise InputError(f"{path}: a scenario is a YAML mapping")
     name = str(doc.get("name") or (src.stem if src else "scenario"))
     start = _parse_start(doc.get("start", "2024-03-04T00:00:00Z"))
-    days = int(doc.get("days", 1))
+    if "days" in doc:
+        days = int(doc["days"])
+    elif "duration" in doc:                   # the simulator's format (docs/sim.md)
+        days = max(1, -(-int(_duration(doc["duration"], "duration")) // DAY_S))
+    else:
+        days = 1
     if not 1 <= days <= 14:
         raise InputError(f"{name}: days must be 1..14")
     area_raw = doc.get("area", [20, 20])
@@ -234,7 +266,7 @@ def load_scenario(path: str | Path | dict) -> Scenario:
     for i, w in enumerate(doc.get("walls") or []):
         if isinstance(w, dict):
             a, b = w.get("from"), w.get("to")
-            att = float(w.get("attenuation_db", 10.0))
+            att = float(w.get("attenuation_db", w.get("loss_db", 10.0)))
         else:
             a, b, att = w[0], w[1], float(w[2]) if len(w) > 2 else 10.0
         pa, pb = _point(a, f"walls[{i}]"), _point(b, f"walls[{i}]")
@@ -243,18 +275,34 @@ def load_scenario(path: str | Path | dict) -> Scenario:
         walls.append(Wall(pa, pb, att))
     people = []
     seen = set()
+    sim_diagnosed = []
     for i, p in enumerate(doc.get("people") or []):
-        if not isinstance(p, dict) or "id" not in p:
+        if not isinstance(p, dict) or ("id" not in p and "name" not in p):
             raise InputError(f"people[{i}]: needs an id")
-        pid = str(p["id"])
+        pid = str(p.get("id", p.get("name")))
         if pid in seen:
             raise InputError(f"people[{i}]: duplicate id {pid!r}")
         seen.add(pid)
-        people.append(Person(pid, _keyframes(p.get("path"), start, days, f"people[{pid}].path"),
-                             role=str(p.get("role", "")), color=p.get("color")))
+        raw_path = p.get("path")
+        if raw_path is None and "position" in p:
+            kfs = [(float(start), _point(p["position"], f"people[{pid}].position"))]
+        elif isinstance(raw_path, list) and raw_path and _sim_style(raw_path):
+            kfs = _sim_keyframes(raw_path, start, f"people[{pid}].path")
+        else:
+            kfs = _keyframes(raw_path, start, days, f"people[{pid}].path")
+        people.append(Person(pid, kfs, role=str(p.get("role", "")), color=p.get("color")))
+        if isinstance(p.get("diagnosed"), dict):
+            d = dict(p["diagnosed"])
+            d["person"] = pid
+            d["at"] = start + _duration(d.get("at", 0), f"people[{pid}].diagnosed.at")
+            sim_diagnosed.append(d)
     if len(people) < 2:
         raise InputError(f"{name}: a scenario needs at least two people")
     diagnosed = []
+    for d in sim_diagnosed:
+        onset = d.get("onset_days", 0)
+        diagnosed.append(Diagnosis(d["person"], float(d["at"]), int(d.get("report_type", 1)),
+                                   None if onset is None else int(onset)))
     for i, d in enumerate(doc.get("diagnosed") or []):
         pid = str(d.get("person"))
         if pid not in seen:
@@ -272,7 +320,7 @@ def load_scenario(path: str | Path | dict) -> Scenario:
         person.keyframes = kept + [(d.at, None)]
     gt = doc.get("ground_truth") or {}
     rule = GroundTruthRule(distance_m=float(gt.get("distance_m", 2.0)),
-                           min_minutes=float(gt.get("min_minutes", 15)),
+                           min_minutes=float(gt.get("min_minutes", gt.get("minutes", 15))),
                            per=str(gt.get("per", "day")),
                            walls_block=bool(gt.get("walls_block", True)),
                            step_s=int(gt.get("step_s", 10)))
