@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Firmware checks run in CI (tests/firmware/test_check_firmware.py) and by `make check-firmware`.
+"""Firmware checks run in CI (tests/firmware/test_fw_check_firmware.py) and by `make check-firmware`.
 
 1. mpy-cross: every firmware file compiles to MicroPython bytecode (-march=xtensawin for
    the ESP32's native emitter is not needed: bytecode is architecture independent).

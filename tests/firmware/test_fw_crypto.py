@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-from conftest import VECTORS
+from pathlib import Path
+
+VECTORS = Path(__file__).resolve().parents[2] / "tests" / "data" / "gaen-v1.2.json"
 
 V = json.loads(VECTORS.read_text())
 
