@@ -1,14 +1,6 @@
-import os
-from pathlib import Path
-
 import pytest
 
 from tracecode.sim import Fleet
-
-HERE = Path(__file__).resolve().parent
-MINI_FW = HERE / "fw_mini"
-AIOBLE_DIR = Path(os.environ.get("TRACECODE_AIOBLE_DIR",
-                                 "/work/ext/micropython/bluetooth/aioble/aioble"))
 
 
 @pytest.fixture
@@ -18,18 +10,3 @@ def fleet(tmp_path):
         yield f
     finally:
         f.close()
-
-
-def raw_transport(badge, soft_reset=True):
-    """mpremote's own serial transport, connected to the badge's loopback console."""
-    from mpremote.transport_serial import SerialTransport
-    t = SerialTransport(badge.console_url(), baudrate=115200)
-    t.enter_raw_repl(soft_reset=soft_reset)
-    return t
-
-
-def write_flash(badge, path, text):
-    p = Path(badge.flash.host(path))
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
-    badge.flash.rescan()

@@ -64,6 +64,8 @@ class Scheduler:
         self._cond = threading.Condition()
         self._driving = False
         self._driver_thread: threading.Thread | None = None
+        self._driver_part: _Part | None = None
+        self._limit_fn: Callable[[], float] = lambda: self.now
         self._closed = False
         self._cpus: list[CPU] = []
         self._wall0 = _time.monotonic()
@@ -115,7 +117,26 @@ class Scheduler:
         self.events_processed += 1
         ev.fn(*ev.args)
 
-    # -- driver role -------------------------------------------------------------------------
+    # -- baton passing -------------------------------------------------------------------------
+    # Exactly one participant (a driver thread or a badge CPU thread) holds the baton and runs.
+    # Whoever holds it pops due events and runs them; an event that wakes a CPU passes the baton
+    # straight to that CPU's thread. A CPU that waits keeps popping events itself (its own timer
+    # costs no thread switch); with nothing due it hands the baton back to the driver.
+    def _switch_to(self, part: "_Part") -> None:
+        me = _tls.part
+        part.go.release()
+        me.go.acquire()
+
+    def _limit(self) -> float:
+        return self._limit_fn()
+
+    def _drive(self) -> None:
+        while True:
+            ev = self._pop_due(self._limit_fn())
+            if ev is None:
+                return
+            self._process(ev)
+
     def _acquire_driver(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else _time.monotonic() + timeout
         with self._cond:
@@ -124,14 +145,22 @@ class Scheduler:
                 if remaining is not None and remaining <= 0:
                     return False
                 self._cond.wait(remaining if remaining is not None else 1.0)
-            self._driving = True
-            self._driver_thread = threading.current_thread()
+            self._take_driver_locked()
             return True
+
+    def _take_driver_locked(self) -> None:
+        self._driving = True
+        self._driver_thread = threading.current_thread()
+        part = _Part()
+        _tls.part = part
+        self._driver_part = part
 
     def _release_driver(self) -> None:
         with self._cond:
             self._driving = False
             self._driver_thread = None
+            self._driver_part = None
+            _tls.part = None
             self._cond.notify_all()
 
     def run_until(self, t: float) -> None:
@@ -140,11 +169,8 @@ class Scheduler:
             raise RuntimeError("run_until is for virtual time; a realtime fleet runs by itself")
         self._acquire_driver()
         try:
-            while True:
-                ev = self._pop_due(t)
-                if ev is None:
-                    break
-                self._process(ev)
+            self._limit_fn = lambda: t
+            self._drive()
             if t > self.now:
                 self.now = t
         finally:
@@ -155,7 +181,13 @@ class Scheduler:
 
     # -- on-demand driver for host sessions (virtual time) -------------------------------------
     def _host_needs_time(self) -> bool:
-        return any(c.host_timed_wait for c in self._cpus)
+        for c in self._cpus:
+            if c.host_timed_wait:
+                return True
+        return False
+
+    def _aux_limit(self) -> float:
+        return float("inf") if self._host_needs_time() else self.now
 
     def _aux_loop(self) -> None:
         while True:
@@ -164,22 +196,14 @@ class Scheduler:
                     if not self._driving:
                         nt = self._next_time_locked()
                         if nt is not None and (nt <= self.now or self._host_needs_time()):
-                            self._driving = True
-                            self._driver_thread = threading.current_thread()
+                            self._take_driver_locked()
                             break
                     self._cond.wait(0.5)
                 if self._closed:
                     return
             try:
-                while not self._closed:
-                    nt = self._next_time()
-                    if nt is None:
-                        break
-                    if nt > self.now and not self._host_needs_time():
-                        break
-                    ev = self._pop_due(nt)
-                    if ev is not None:
-                        self._process(ev)
+                self._limit_fn = self._aux_limit
+                self._drive()
             finally:
                 self._release_driver()
 
@@ -192,13 +216,9 @@ class Scheduler:
         while not self._closed:
             self._acquire_driver()
             try:
-                while not self._closed:
-                    now = self.clock()
-                    ev = self._pop_due(now)
-                    if ev is None:
-                        break
-                    self.now = max(self.now, now)
-                    self._process(ev)
+                self._limit_fn = self.clock
+                self.now = max(self.now, self.clock())
+                self._drive()
                 self.now = max(self.now, self.clock())
             finally:
                 self._release_driver()
@@ -229,17 +249,26 @@ class Scheduler:
         return False
 
 
+class _Part:
+    """A baton participant: released `go` lock = may run."""
+    __slots__ = ("go", "resumed")
+
+    def __init__(self) -> None:
+        self.go = threading.Lock()
+        self.go.acquire()
+        self.resumed = False
+
+
+_tls = threading.local()
+
+
 class CPU:
     """One badge's processor: a host thread that runs only while it holds the baton."""
 
     def __init__(self, sched: Scheduler, name: str):
         self.sched = sched
         self.name = name
-        # binary semaphores as raw locks (held = no token): released by the other thread
-        self._go = threading.Lock()
-        self._go.acquire()
-        self._back = threading.Lock()
-        self._back.acquire()
+        self.part = _Part()
         self.thread: threading.Thread | None = None
         self.alive = False
         self.waiting = False
@@ -263,8 +292,11 @@ class CPU:
         self.kill = None
         self.alive = True
 
+        part = self.part
+
         def body() -> None:
-            self._go.acquire()
+            _tls.part = part
+            part.go.acquire()
             try:
                 target()
             except (PowerCut, Shutdown):
@@ -273,20 +305,23 @@ class CPU:
                 self.alive = False
                 self.waiting = False
                 self.host_timed_wait = False
-                self._back.release()
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                _tls.part = None
+                # the baton goes back to the driver, which carries on popping events
+                self.sched._driver_part.go.release()
 
         self.thread = threading.Thread(target=body, name="badge-" + self.name, daemon=True)
         self.thread.start()
-        self._switch()
-
-    def _switch(self) -> None:
-        self._go.release()
-        self._back.acquire()
+        self.sched._switch_to(part)
 
     def wake(self) -> None:
-        """Driver side: resume the CPU if it is waiting (it re-checks why it waits)."""
+        """Baton holder: resume the CPU if it is waiting (it re-checks why it waits)."""
         if self.alive and self.waiting:
-            self._switch()
+            self.part.resumed = True
+            if getattr(_tls, "part", None) is not self.part:
+                self.sched._switch_to(self.part)
 
     def post_wake(self) -> None:
         """Any thread: ask the driver to resume this CPU soon."""
@@ -299,6 +334,9 @@ class CPU:
         self.irqs.append((fn, args))
         if threading.current_thread() is not self.thread:
             self.sched.call_soon(self.wake)
+        elif self.waiting:
+            # posted by an event this CPU ran while waiting: leave the wait to run it
+            self.part.resumed = True
 
     def stop(self, exc: type[BaseException]) -> None:
         """Driver side (or own thread): make the CPU unwind with `exc` and end its thread."""
@@ -308,14 +346,26 @@ class CPU:
         if threading.current_thread() is self.thread:
             raise exc()
         if self.waiting:
-            self._switch()
+            self.part.resumed = True
+            self.sched._switch_to(self.part)
 
     # -- CPU side ----------------------------------------------------------------------------
     def _park(self) -> None:
+        sched = self.sched
+        me = self.part
+        me.resumed = False
         self.waiting = True
-        self._back.release()
-        self._go.acquire()
-        self.waiting = False
+        try:
+            while True:
+                ev = sched._pop_due(sched._limit_fn())
+                if ev is None:
+                    sched._switch_to(sched._driver_part)
+                else:
+                    sched._process(ev)
+                if me.resumed:
+                    break
+        finally:
+            self.waiting = False
         if self.kill is not None:
             raise self.kill()
 

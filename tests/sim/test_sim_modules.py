@@ -4,7 +4,7 @@ import errno
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from conftest import raw_transport, write_flash
+from sim_helpers import raw_transport, write_flash
 from mpremote.transport import TransportExecError
 
 

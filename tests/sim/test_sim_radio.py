@@ -4,7 +4,7 @@ import statistics
 
 import pytest
 
-from conftest import write_flash
+from sim_helpers import write_flash
 
 # A scanner that records every scan result (time, address, data, rssi) to /res.txt.
 SCANNER = """

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AIOBLE_DIR, write_flash
+from sim_helpers import AIOBLE_DIR, write_flash
 
 pytestmark = pytest.mark.skipif(not (AIOBLE_DIR / "__init__.py").is_file(),
                                 reason="aioble not present (set TRACECODE_AIOBLE_DIR to micropython-lib's aioble/)")

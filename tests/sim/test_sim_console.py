@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MINI_FW, raw_transport, write_flash
+from sim_helpers import MINI_FW, raw_transport, write_flash
 
 MPREMOTE = Path(sys.executable).with_name("mpremote")
 
