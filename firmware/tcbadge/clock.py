@@ -11,6 +11,8 @@ from . import fsutil
 _EPOCH_2000 = const(946684800)
 _MIN_VALID = const(1577836800)  # 2020-01-01: anything earlier is an unset RTC
 _PERSIST_EVERY_S = const(300)
+_SRC_HOST = const(1)
+_SRC_RESUMED = const(2)
 
 UNSET = "unset"
 SET = "set"
@@ -30,20 +32,22 @@ class Clock:
         self.state = UNSET
         raw = fsutil.read(self._path)
         last = 0
+        resumed = False
         if raw and len(raw) >= 4:
             last = struct.unpack("<I", raw[:4])[0]
+            resumed = len(raw) >= 5 and raw[4] == _SRC_RESUMED
         now = self.now()
         if now >= _MIN_VALID:
             # The RTC holds a real time: it kept counting through a soft reset or deep
-            # sleep, or a host tool set it directly.
-            self.state = SET
+            # sleep (still "resumed" if that is where it came from), or a host set it.
+            self.state = RESUMED if resumed and now >= last else SET
             self._saved = last
         elif last >= _MIN_VALID:
             # Power was lost (the RTC restarted at 2000): resume from the last persisted
             # time, a lower bound, until the host sets the clock again.
             self._set_rtc(last)
             self.state = RESUMED
-            self._saved = last
+            self.persist(True)
 
     def now(self):
         return int(time.time()) + self._off
@@ -80,7 +84,8 @@ class Clock:
         if not force and now - self._saved < _PERSIST_EVERY_S:
             return False
         try:
-            fsutil.write_atomic(self._path, struct.pack("<I", now))
+            src = _SRC_RESUMED if self.state == RESUMED else _SRC_HOST
+            fsutil.write_atomic(self._path, struct.pack("<IB", now, src))
             self._saved = now
             return True
         except OSError:

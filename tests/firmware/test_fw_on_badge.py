@@ -301,3 +301,39 @@ def test_sixteen_days_retention_and_full_flash(tmp_path):
     assert days2 == list(range(days2[0], today + 3))  # only from the old end
     recs = read_log(fd)
     assert any(r["first"] // 86400 == today + 2 for r in recs)
+
+
+@pytest.mark.timeout(300)
+def test_unset_clock_is_silent_and_power_cut_resumes(tmp_path):
+    # A badge whose clock was never set broadcasts nothing and makes no keys; a badge that
+    # loses power resumes from its persisted time (a lower bound) instead of 2000-01-01.
+    fleet, b = make_fleet(tmp_path, [("alice", (0.0, 0.0)), ("bob", (1.0, 0.0)),
+                                     ("mute", (0.5, 0.5))])
+    try:
+        fleet.power_on_all()
+        b["alice"].set_clock()
+        b["bob"].set_clock()  # "mute" never gets a time
+        fleet.run_until(1800)
+        mute_rpis = set()
+        assert not (flash_dir(b["mute"]) / "tc" / "keys.bin").exists()
+        assert not list((flash_dir(b["mute"]) / "log").glob("*.tcl"))
+        alice_heard = read_log(flash_dir(b["alice"]))
+        bob_keys = read_keys(flash_dir(b["bob"]))
+        bob_rpis = set(all_rpis(bob_keys, 3))
+        assert alice_heard and all(r["rpi"] in bob_rpis for r in alice_heard)
+        b["alice"].power_cut()
+        cut_at = fleet.unix_time()
+        fleet.run_for(600)
+        b["alice"].power_on()  # RTC back at 2000; no host
+        fleet.run_for(900)
+        t = _transport(b["alice"].console_url())
+        try:
+            st = _call(t, "from tcbadge.hostif import Host\nh = Host()\nh.status()")
+        finally:
+            t.close()
+    finally:
+        fleet.close()
+    assert st["clock"] == "resumed"
+    # resumed from the last persisted time (<= 5 min before the cut), then counted on
+    assert cut_at - 300 + 900 - 5 <= st["time"] <= fleet.unix_time()
+    assert st["running"]
