@@ -303,3 +303,24 @@ def test_diagnose_uploads_to_key_server(db, tmp_path):
         assert len(db.diagnosed_keys(bid)) == len(teks)
     finally:
         fleet.close()
+
+
+def test_two_badges_hear_each_other_and_sync_in_parallel(fleet, db, capsys):
+    """Real radio path: the RPIs alice logged are bob's, derived from bob's own TEKs."""
+    from tracecode.en import rpis
+
+    alice, url_a, id_a = provision(fleet, db, "alice", position=(0.0, 0.0))
+    bob, url_b, id_b = provision(fleet, db, "bob", position=(1.0, 0.0))
+    fleet.run_for(2 * 3600)
+    rc = main(["sync", "--db", str(db.path), "--port", url_a, "--port", url_b,
+               "--parallel", "2", "--json"])
+    cap = capsys.readouterr()
+    assert cap.out.startswith("["), (rc, cap.err)
+    reports = json.loads(cap.out)
+    assert rc == 0, reports
+    assert {r["badge_id"] for r in reports} == {id_a, id_b}
+    assert all(r["ok"] and r["records_new"] > 0 for r in reports)
+    heard = {bytes(r["rpi"]) for r in db.encounters(id_a)}
+    bob_rpis = {x for rsin, tek in _badge_teks(bob).items() for x in rpis(tek, rsin)}
+    assert heard and heard <= bob_rpis
+    assert all(-90 < r["rssi_mean"] < -30 for r in db.encounters(id_a))

@@ -11,8 +11,6 @@ restarts the badge's firmware (main.py).
 from __future__ import annotations
 
 import binascii
-import contextlib
-import io
 import hashlib
 import hmac
 import json
@@ -68,6 +66,21 @@ class CountingSerial:
         setattr(self._inner, name, value)
 
 
+def _quiet_mpremote() -> None:
+    """mpremote's serial transport print()s the raw bytes it saw when entering the raw REPL
+    fails; we report one line instead. A module-level `print` in that module shadows the
+    builtin there only (contextlib.redirect_stdout would swap sys.stdout for every thread,
+    which races when several badges are served in parallel)."""
+    import mpremote.transport_serial as ts
+
+    if getattr(ts, "print", None) is not _no_print:
+        ts.print = _no_print
+
+
+def _no_print(*args, **kwargs) -> None:
+    pass
+
+
 def auth_mac(secret: bytes, nonce_hex: str, badge_id: str) -> str:
     """HMAC-SHA256(secret, b"tc-auth-v1" + nonce + id), hex (docs/hostif.md)."""
     try:
@@ -107,11 +120,10 @@ class BadgeLink:
             raise DeviceError(f"{self.port}: cannot open the port ({exc})") from None
         self.serial = CountingSerial(self.transport.serial)
         self.transport.serial = self.serial
+        _quiet_mpremote()
         try:
-            # mpremote prints what it saw when this fails; we report one line instead.
-            with contextlib.redirect_stdout(io.StringIO()):
-                self.transport.enter_raw_repl(soft_reset=self.soft_reset,
-                                              timeout_overall=self.timeout_s)
+            self.transport.enter_raw_repl(soft_reset=self.soft_reset,
+                                          timeout_overall=self.timeout_s)
         except Exception:
             self._close_port()
             raise DeviceError(f"{self.port}: no MicroPython raw REPL answers",
