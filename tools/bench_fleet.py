@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             for b in fleet.badges.values():
                 b.set_clock()
             t0 = time.perf_counter()
+            c0 = time.process_time()
             end = args.days * 86400
             step = 86400.0
             t = 0.0
@@ -79,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
                     print("  day %5.1f  wall %6.1f s" % (t / 86400, time.perf_counter() - t0),
                           file=sys.stderr, flush=True)
             wall = time.perf_counter() - t0
+            cpu = time.process_time() - c0
             summ = fleet.summary()
             crashed = [s["badge"] for s in summ if b"Traceback" in bytes(fleet.badges[s["badge"]].console.transcript)]
             res = {
                 "badges": args.badges,
                 "simulated_days": args.days,
                 "wall_seconds": round(wall, 2),
+                "process_cpu_seconds": round(cpu, 2),
                 "sim_seconds_per_wall_second": round(end / wall, 1),
                 "badge_sim_seconds_per_wall_second": round(end * args.badges / wall, 1),
                 "events": fleet.events_processed,

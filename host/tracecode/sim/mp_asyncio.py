@@ -196,11 +196,15 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
             try:
                 while not main.done_flag and not self.stopped:
                     now = cpu.sched.clock()
-                    while self.sleeping and self.sleeping[0][0] <= now + 1e-9:
-                        t, _, token, task = heapq.heappop(self.sleeping)
+                    sleeping = self.sleeping
+                    while sleeping and sleeping[0][0] <= now + 1e-9:
+                        t, _, token, task = heapq.heappop(sleeping)
                         if token == task.state_token and not task.done_flag:
-                            task.state_token += 1
-                            self._enqueue(task)
+                            if token < 0:
+                                task.fn()          # a wait_for timeout
+                            else:
+                                task.state_token += 1
+                                self._enqueue(task)
                     if self.ready:
                         n = len(self.ready)
                         for _ in range(n):
@@ -217,6 +221,11 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
                     cpu.wait(until, flag=self._polled)
             finally:
                 self.main_task = None
+
+        def call_at(self, t, fn):
+            tm = _Timer(fn)
+            heapq.heappush(self.sleeping, (t, next(self.seq), -1, tm))
+            return tm
 
         def _polled(self):
             return self.poll or bool(self.ready)
@@ -255,6 +264,17 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
         def call_exception_handler(self, context):
             (self.exc_handler or self.default_exception_handler)(self, context)
 
+    class _Timer:
+        __slots__ = ("fn", "state_token", "done_flag")
+
+        def __init__(self, fn):
+            self.fn = fn
+            self.state_token = -1
+            self.done_flag = False
+
+        def cancel(self):
+            self.done_flag = True
+
     async def _forever():
         while True:
             await _Yield("sleep", 1 << 30)
@@ -291,31 +311,26 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
             return await aw
         loop = state["loop"]
         task = aw if isinstance(aw, Task) else loop.create_task(aw)
-        me = loop.current
-        done = {"timed_out": False}
+        timed_out = []
 
-        async def _timer():
-            try:
-                await _Yield("sleep", timeout * 1000)
-            except CancelledError:
-                return
+        def _expire():
             if not task.done_flag:
-                done["timed_out"] = True
+                timed_out.append(1)
                 task.cancel()
 
-        timer = loop.create_task(_timer())
+        timer = loop.call_at(cpu.sched.clock() + max(0, timeout), _expire)
         try:
-            await _Yield("task", task)
+            if not task.done_flag:
+                await _Yield("task", task)
         except CancelledError:
             task.cancel()
             timer.cancel()
             raise
         timer.cancel()
         if task.exc is not None:
-            if done["timed_out"] and isinstance(task.exc, CancelledError):
+            if timed_out and isinstance(task.exc, CancelledError):
                 raise TimeoutError
             raise task.exc
-        del me
         return task.result
 
     def wait_for_ms(aw, timeout):
