@@ -120,6 +120,9 @@ class Badge:
         self.reset_cause = 1
         self.rng_entropy_on = False
         self.boots = 0
+        # Runtimes of earlier boots: kept referenced so that CPython never finalises their
+        # abandoned coroutines (MicroPython just wipes the heap; no `finally` runs).
+        self._graveyard: list = []
         self.stdout = _Stdout(self)
         self.stdin = _Stdin(self)
         self.cpu.input_ready = self.console.has_input
@@ -325,7 +328,11 @@ class Badge:
         if not done.wait(60):
             raise RuntimeError("the simulation did not run %s (is a driver stuck?)" % fn.__name__)
 
-    def power_on(self) -> None:
+    def power_on(self, at: float | None = None) -> None:
+        """Power the badge on now (or at virtual time `at`): boot.py, then main.py."""
+        if at is not None:
+            self.fleet.schedule(at, self._power_on)
+            return
         self._do(self._power_on)
 
     def _power_on(self) -> None:
@@ -341,8 +348,12 @@ class Badge:
         self.reset_cause = 1
         self.cpu.start(self._cpu_main)
 
-    def power_cut(self) -> None:
-        """Cut the power now: the badge stops dead; its flash keeps what was written."""
+    def power_cut(self, at: float | None = None) -> None:
+        """Cut the power now (or at virtual time `at`): the badge stops dead wherever it is;
+        its flash keeps what was written, its RTC and uncommitted NVS changes are lost."""
+        if at is not None:
+            self.fleet.schedule(at, self._power_cut)
+            return
         self._do(self._power_cut)
 
     def _power_cut(self) -> None:
@@ -353,6 +364,8 @@ class Badge:
         self.powered = False
         self.nvs_pending.clear()
         self.cpu.stop(PowerCut)
+        if self.runtime is not None:
+            self._graveyard.append(self.runtime)
         self.runtime = None
 
     def power_cut_after_bytes(self, nbytes: int) -> None:
@@ -395,6 +408,8 @@ class Badge:
         for st in self.pins.values():
             st["irq"] = None
         self.kbd_intr_char = 3
+        if self.runtime is not None:
+            self._graveyard.append(self.runtime)
         self.runtime = Runtime(self)
         self.boots += 1
         self.flash.cwd = "/"

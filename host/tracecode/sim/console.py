@@ -58,7 +58,7 @@ class Console:
         return None
 
     def write(self, data: bytes) -> None:
-        if not data:
+        if not data or not self.badge.powered:
             return
         self.transcript += data
         if len(self.transcript) > 65536:
