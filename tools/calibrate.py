@@ -23,9 +23,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
 
 from tracecode.e2e import groundtruth  # noqa: E402
-from tracecode.e2e.calibrate import Case, calibrate, grid  # noqa: E402
+from tracecode.e2e.calibrate import Case, calibrate, grid, rule_constraints, select  # noqa: E402
 from tracecode.e2e.pipeline import exposures_synthetic  # noqa: E402
 from tracecode.e2e.scenario import load_scenario  # noqa: E402
+
+
+FINE_GRID = {
+    "t2": (50, 53, 56, 58, 60, 63, 65, 66, 68),
+    "t3": (60, 63, 66, 68, 69, 70, 72, 75),
+    "w_medium": (0.0, 0.1, 0.25, 0.5, 1.0),
+}
 
 
 def main(argv=None) -> int:
@@ -35,6 +42,11 @@ def main(argv=None) -> int:
                     "with a ground_truth section)")
     ap.add_argument("--seeds", nargs="*", type=int, default=[1, 2], help="radio noise seeds (a case per seed)")
     ap.add_argument("--beta", type=float, default=2.0, help="F-beta objective (2: recall weighs more)")
+    ap.add_argument("--train", nargs="*", metavar="NAME",
+                    help="choose the setting on these scenarios only and report the others as held out")
+    ap.add_argument("--rule-constraints", action="store_true",
+                    help="only settings consistent with the written ground-truth rule (15 min just inside "
+                         "2 m reaches yellow, an hour at 1.2 m red), on a finer grid")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", type=Path, help="write the full result as JSON here")
     args = ap.parse_args(argv)
@@ -64,7 +76,31 @@ def main(argv=None) -> int:
         truth = groundtruth.GroundTruth(name, cs[0].truth.rule, pos, neg, diag)
         cases.append(Case(name, exp, truth))
     t_sim = time.monotonic() - t0
-    configs = grid()
+    configs = grid(FINE_GRID if args.rule_constraints else None)
+    if args.rule_constraints:
+        import math
+
+        from tracecode.e2e.synthetic import RadioModel
+
+        radio = RadioModel()
+        configs = rule_constraints(  # attenuation = TX power - RSSI in the scenarios' radio model
+            configs,
+            lambda d: radio.tx_power_dbm - (radio.rssi_1m_dbm - 10 * radio.exponent * math.log10(d)),
+        )
+    if args.train:
+        res = select(cases, configs, args.train, beta=args.beta)
+        res["wall_s"] = round(time.monotonic() - t0, 1)
+        if args.json:
+            json.dump(res, sys.stdout, indent=2)
+            print()
+            return 0
+        c = res["chosen"]
+        print(f"{res['settings_tried']} settings; chosen on {', '.join(res['trained_on'])}: "
+              f"thresholds {c['thresholds_db']} dB, weights {c['bucket_weights']}")
+        for name, m in res["figures"].items():
+            tag = "held out" if m["held_out"] else "training"
+            print(f"  {name:<10} precision {m['precision']:.3f} recall {m['recall']:.3f} ({tag})")
+        return 0
     res = calibrate(cases, configs, beta=args.beta)
     res["seeds"] = args.seeds
     res["wall_s"] = {"simulate_and_match": round(t_sim, 1), "total": round(time.monotonic() - t0, 1)}

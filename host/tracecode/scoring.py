@@ -2,8 +2,11 @@
 
 Defaults (documented in docs/matching.md and printed by `tracecode match --json`):
 
-* attenuation thresholds 30 / 50 / 70 dB split each scan's time into immediate / near /
-  medium / other buckets, weighted 1.5 / 1.0 / 0.5 / 0.0;
+* attenuation thresholds 30 / 68 / 69 dB split each scan's time into immediate / near /
+  medium / other buckets, weighted 1.5 / 0.5 / 0.0 / 0.0. Chosen by
+  `tools/calibrate.py --train bus carehome --rule-constraints`: among the settings consistent
+  with the written close-contact rule (15 minutes just inside 2 m reaches yellow, an hour at
+  1.2 m red), the best F2 on the bus and care-home scenarios; office and classroom are held out;
 * report-type weights: CONFIRMED_TEST, CONFIRMED_CLINICAL_DIAGNOSIS and UNKNOWN 1.0,
   SELF_REPORT 0.8, RECURSIVE 0.0, REVOKED never scores;
 * infectiousness from days since symptom onset: high (1.0) in -2..+5, standard (0.6) in
@@ -25,8 +28,8 @@ SCAN_UNKNOWN_S = 120
 
 @dataclass
 class ScoringConfig:
-    thresholds_db: tuple[int, int, int] = (30, 50, 70)
-    bucket_weights: tuple[float, float, float, float] = (1.5, 1.0, 0.5, 0.0)
+    thresholds_db: tuple[int, int, int] = (30, 68, 69)
+    bucket_weights: tuple[float, float, float, float] = (1.5, 0.5, 0.0, 0.0)
     report_type_weights: dict[int, float] = field(
         default_factory=lambda: {0: 1.0, 1: 1.0, 2: 1.0, 3: 0.8, 4: 0.0, 5: 0.0}
     )

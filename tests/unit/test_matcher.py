@@ -110,14 +110,16 @@ def test_windows_split_at_30_minutes_and_buckets(vectors, vector_key):
         heard.append(Sighting(t, bytes.fromhex(v["rpi"]), bytes.fromhex(v["aem"]), rssi))
     v = vectors["intervals"][40]
     heard.append(Sighting(v["enin"] * 600, bytes.fromhex(v["rpi"]), bytes.fromhex(v["aem"]), -40))
-    res = evaluate([vector_key], heard, jobs=1)
+    cfg = ScoringConfig(thresholds_db=(30, 50, 70), bucket_weights=(1.5, 1.0, 0.1, 0.0))
+    res = evaluate([vector_key], heard, jobs=1, config=cfg)
     assert len(res.windows) == 2
     w = res.windows[0].to_json()
-    # tx +8: attenuations 28 (immediate), 48 (near), 68 (medium), 98 (other);
+    # tx +8: attenuations 28 (immediate), 48 (near), 68 (medium), 98 (other) with thresholds
+    # 30/50/70 and weights 1.5/1.0/0.1/0;
     # first scan of a window stands for 120 s (unknown), later ones for the gap (120 s).
     assert w["attenuations"] == {"immediate": 120, "near": 120, "medium": 120, "other": 120}
-    assert w["score"] == pytest.approx(120 * 1.5 + 120 * 1.0 + 120 * 0.5)
-    assert res.health_code == "yellow"  # 420 >= 300 but < 900
+    assert w["score"] == pytest.approx(120 * 1.5 + 120 * 1.0 + 120 * 0.1)
+    assert res.health_code == "yellow"  # 312 >= 300 but < 900
 
 
 def test_no_match_is_green(vectors, vector_key):

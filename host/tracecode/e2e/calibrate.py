@@ -49,6 +49,38 @@ def grid(spec: dict | None = None) -> list[ScoringConfig]:
     return out
 
 
+def rule_constraints(configs: Sequence[ScoringConfig], attenuation_at, *, distance_m: float = 2.0,
+                     min_minutes: float = 15.0) -> list[ScoringConfig]:
+    """Settings consistent with a written ground-truth rule ("within `distance_m` for at least
+    `min_minutes`"), before any scenario data is looked at: `min_minutes` just inside the distance
+    must reach yellow, and an hour at 0.6 x the distance must reach red. `attenuation_at(d)` is the
+    radio model's typical attenuation at d metres."""
+    near_edge = round(attenuation_at(0.95 * distance_m))
+    close = round(attenuation_at(0.6 * distance_m))
+    out = []
+    for c in configs:
+        if (60 * min_minutes * c.bucket_weights[c.bucket(near_edge)] >= c.yellow_threshold
+                and 3600 * c.bucket_weights[c.bucket(close)] >= c.red_threshold):
+            out.append(c)
+    return out
+
+
+def select(cases: Sequence[Case], configs: Sequence[ScoringConfig], train: Sequence[str], *,
+           beta: float = 2.0) -> dict:
+    """Choose the best setting on the `train` scenarios only; report every scenario with it,
+    marking which were held out."""
+    table = evaluate_all(cases, configs)
+    use = [j for j, c in enumerate(cases) if c.name in set(train)]
+    if not use:
+        raise ValueError("no training scenario among the cases")
+    i = _best(table, use, beta, configs)
+    return {"chosen": _cfg_json(configs[i]), "trained_on": [cases[j].name for j in use],
+            "settings_tried": len(configs),
+            "figures": {c.name: {"precision": round(table[i][j].precision, 3),
+                                 "recall": round(table[i][j].recall, 3),
+                                 "held_out": j not in use} for j, c in enumerate(cases)}}
+
+
 def f_beta(m: Metrics, beta: float) -> float:
     p, r = m.precision, m.recall
     b2 = beta * beta
