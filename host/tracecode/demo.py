@@ -1,9 +1,9 @@
 """`tracecode demo`: the main job on its embedded default.
 
-The full pipeline (a fleet of virtual badges, a local key server, SQLite, a scenario end to
-end) runs when those parts are installed (`tracecode.e2e`); otherwise this runs the host half
-alone: three badges' identifiers are derived, one badge's wearer is diagnosed, a signed export
-batch is written, and the other badges' sighting logs are matched against it.
+By default the full pipeline runs (`tracecode.e2e.demo`: a fleet of virtual badges, a local key
+server and SQLite, a scenario end to end). `--host-only` runs the host half alone: three
+badges' identifiers are derived, one badge's wearer is diagnosed, a signed export batch is
+written, and the other badges' sighting logs are matched against it.
 """
 
 from __future__ import annotations
@@ -72,11 +72,9 @@ def _host_only_demo(workdir: Path, seed: int) -> int:
 
 
 def cmd_demo(args) -> int:
-    try:
-        from .e2e import demo as full_demo  # type: ignore[attr-defined]
-    except ImportError:
-        full_demo = None
-    if full_demo is not None and not args.host_only:
+    if not args.host_only:
+        from .e2e import demo as full_demo
+
         return full_demo.run(args)
     if args.workdir:
         wd = Path(args.workdir)
@@ -88,7 +86,8 @@ def cmd_demo(args) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the main job on its embedded default, end to end")
-    p.add_argument("--workdir", help="keep the demo's files here (default: a temporary folder)")
+    p.add_argument("--workdir", help="where the demo's files and report go (default: out/demo; "
+                                     "--host-only: a temporary folder)")
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--host-only", action="store_true", help="only the host half: keys, export, match")
     p.add_argument("--json", action="store_true")
