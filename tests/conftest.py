@@ -3,6 +3,9 @@ from pathlib import Path
 
 import pytest
 
+# Hardware in the loop: --badge-port/--skip-flash/... options and the `bench` fixture.
+from tracecode.hil import bench, pytest_addoption  # noqa: F401  (registered with pytest)
+
 DATA = Path(__file__).parent / "data"
 
 
