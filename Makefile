@@ -1,13 +1,17 @@
 # TraceCode developer entry points. Everything runs from a local virtual environment that
-# this Makefile creates from pyproject.toml, so a fresh machine needs only python3.
+# this Makefile creates from pyproject.toml, so a fresh machine needs only python3 and make.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+BOARD  ?= esp32-devkitc
+PORT   ?=
+IMAGE  ?=
+PORTS  := $(foreach p,$(PORT),--port $(p))
 
-.PHONY: demo test bench check-firmware clean venv
+.PHONY: setup demo test bench check-firmware flash sync hil clean
 
-venv: $(STAMP)
+setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +30,20 @@ check-firmware: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench_match.py
+	$(BIN)/python tools/bench_firmware.py
+	$(BIN)/python tools/bench_fleet.py --badges 50 --days 14
+	$(BIN)/python tools/bench_sync.py
+
+# Real badges: make flash IMAGE=ESP32_GENERIC.bin [BOARD=...] [PORT="/dev/ttyUSB0 /dev/ttyUSB1"]
+flash: $(STAMP)
+	$(BIN)/tracecode flash --board $(BOARD) $(if $(IMAGE),--image $(IMAGE),--skip-image) $(PORTS)
+
+sync: $(STAMP)
+	$(BIN)/tracecode sync $(PORTS)
+
+# Hardware in the loop: make hil PORT="/dev/ttyUSB0 /dev/ttyUSB1"
+hil: $(STAMP)
+	$(BIN)/python -m pytest -q tests/hil $(foreach p,$(PORT),--badge-port $(p)) --badge-board $(BOARD)
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache typings
