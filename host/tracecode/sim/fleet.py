@@ -18,8 +18,8 @@ class Fleet(Scheduler):
 
     def __init__(self, workdir: str | os.PathLike | None = None, *, seed: int = 0,
                  start_unix: float = DEFAULT_START_UNIX, radio: RadioParams | None = None,
-                 realtime: bool = False):
-        super().__init__(realtime=realtime)
+                 realtime: bool = False, pin_cpu: bool | None = None):
+        super().__init__(realtime=realtime, pin_cpu=pin_cpu)
         self.workdir = FsPath(workdir) if workdir is not None else FsPath(tempfile.mkdtemp(prefix="tcsim-"))
         self.seed = seed
         self.start_unix = float(start_unix)

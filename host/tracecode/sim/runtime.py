@@ -52,17 +52,23 @@ _code_lock = threading.Lock()
 
 
 def compile_cached(src_path: str, display: str) -> types.CodeType:
-    st = os.stat(src_path)
-    key = (src_path, st.st_mtime_ns, st.st_size, display)
+    """Compile a flash file; identical sources (the same firmware on many badges) compile once."""
+    with open(src_path, "rb") as f:
+        source = f.read()
+    key = (hashlib_sha1(source), display)
     with _code_lock:
         code = _code_cache.get(key)
     if code is None:
-        with open(src_path, "rb") as f:
-            source = f.read()
         code = compile(source, display, "exec", dont_inherit=True)
         with _code_lock:
+            if len(_code_cache) > 2000:
+                _code_cache.clear()
             _code_cache[key] = code
     return code
+
+
+def hashlib_sha1(data: bytes) -> bytes:
+    return _hashlib.sha1(data).digest()
 
 
 class Runtime:
