@@ -71,7 +71,8 @@ class Scheduler:
         self.now = 0.0
         self._heap: list[tuple[float, int, _Event]] = []
         self._seq = itertools.count()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._driving = False
         self._driver_thread: threading.Thread | None = None
         self._driver_part: _Part | None = None
@@ -92,7 +93,7 @@ class Scheduler:
     # -- events ------------------------------------------------------------------------------
     def schedule(self, t: float, fn: Callable, *args: Any) -> _Event:
         """Run `fn(*args)` in the driver at simulated time `t` (not earlier than now)."""
-        with self._cond:
+        with self._lock:
             if t < self.now:
                 t = self.now
             ev = _Event(t, next(self._seq), fn, args)
@@ -105,7 +106,7 @@ class Scheduler:
         return self.schedule(self.clock(), fn, *args)
 
     def _pop_due(self, limit: float) -> _Event | None:
-        with self._cond:
+        with self._lock:
             heap = self._heap
             while heap:
                 t, _, ev = heap[0]

@@ -39,7 +39,8 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
             return (yield self)
 
     class Task:
-        _ids = itertools.count(1)
+        __slots__ = ("coro", "loop", "done_flag", "result", "exc", "waiters", "pending_exc",
+                     "state_token", "waiting_on", "send_value", "queued", "data")
 
         def __init__(self, coro, loop):
             self.coro = coro
@@ -51,7 +52,6 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
             self.pending_exc = None  # exception to throw at next resume
             self.state_token = 0     # invalidates stale sleep-heap entries
             self.waiting_on = None   # list we are parked in (to remove on cancel)
-            self.id = next(Task._ids)
             self.send_value = None
             self.queued = False
 
@@ -69,9 +69,6 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
             if not self.queued:
                 self.loop._make_ready(self)
             return True
-
-        def data(self):
-            return self.result
 
         def __await__(self):
             if not self.done_flag:

@@ -147,14 +147,17 @@ class Medium:
         rx = scanner.badge
         tm = (t0 + t1) / 2
         rxx, rxy = rx.position(tm)
-        reach = self.max_range_m() + 3.0 * (t1 - t0)   # people move a few m/s at most
+        slack = 3.0 * (t1 - t0) / 2 + 0.5            # people move a few m/s at most
+        floor = p.sensitivity_dbm - p.noise_db * p.noise_clip - p.rssi_1m + rx.body_loss_db
         out = []
         for radio in self.radios:
             if radio is scanner or not radio.segments:
                 continue
             tx = radio.badge
             txx, txy = tx.position(tm)
-            if abs(txx - rxx) > reach or abs(txy - rxy) > reach:
+            # cheapest possible link (closest approach during the slice, no walls, best noise)
+            d = math.hypot(txx - rxx, txy - rxy) - slack
+            if d > 1.0 and tx.tx_power_dbm - tx.body_loss_db - 10 * p.exponent * math.log10(d) < floor:
                 continue
             for seg in radio.segments:
                 a = max(t0, seg.start)
