@@ -197,3 +197,17 @@ print(log)
     assert out == "['cancelled', 'timeout', 2, 'event', True, True, 2000]"
     assert t.eval("issubclass(__import__('asyncio').CancelledError, Exception)") is False
     assert t.eval("__import__('uasyncio') is __import__('asyncio')") is True
+
+
+def test_pin_irq_neopixel_adc(badge, fleet):
+    b, t = badge
+    run(t, "import machine, neopixel\nhits = []\np = machine.Pin(0, machine.Pin.IN, machine.Pin.PULL_UP)\n"
+           "p.irq(lambda pin: hits.append(pin.value()), trigger=machine.Pin.IRQ_FALLING)\n"
+           "np = neopixel.NeoPixel(machine.Pin(27), 1)\nnp[0] = (10, 20, 30)\nnp.write()\n"
+           "led = machine.Pin(2, machine.Pin.OUT)\nled.on()")
+    assert b.led() == {"neopixel": {27: [(10, 20, 30)]}, "pins": {2: 1}}
+    b.press_button(after=0.5, duration=0.2)
+    assert run(t, "import time\ntime.sleep(1)\nprint(hits)") == "[0]"
+    b.battery_v = 3.7
+    uv = t.eval("__import__('machine').ADC(__import__('machine').Pin(35), atten=3).read_uv()")
+    assert uv == 1850000           # 3.7 V through the default 1:2 divider
