@@ -8,6 +8,7 @@ detect_chip, run_stub, attach_flash, erase_flash, write_flash, verify_flash, res
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import struct
@@ -228,13 +229,25 @@ def _with_parents(dirs: list[str]) -> list[str]:
     return out
 
 
+_RUN_PAYLOAD = 8192   # bytes of file data per raw-REPL run (~11 KB of source on the badge)
+_LINE_PAYLOAD = 1536  # bytes per base64 line inside a run
+
+
 def _write_file(link: BadgeLink, local: Path, dest: str) -> None:
+    """Copy a file in as few raw-REPL round trips as its size allows (one for most files),
+    to a temp name first and renamed into place, so a cut-off copy never looks installed."""
     data = local.read_bytes()
-    tmp = dest + ".tmp"
-    link.run("f=open(%s,'wb')\nw=f.write" % json.dumps(tmp))
-    for i in range(0, len(data), 2048):
-        link.run("w(%r)" % (data[i:i + 2048],))
-    link.run("f.close()\nimport os\nos.rename(%s,%s)" % (json.dumps(tmp), json.dumps(dest)))
+    tmp = json.dumps(dest + ".tmp")
+    for start in range(0, max(len(data), 1), _RUN_PAYLOAD):
+        part = data[start:start + _RUN_PAYLOAD]
+        lines = ["import binascii", "f=open(%s,%s)" % (tmp, "'wb'" if start == 0 else "'ab'")]
+        for i in range(0, len(part), _LINE_PAYLOAD):
+            lines.append("f.write(binascii.a2b_base64(%s))"
+                         % json.dumps(base64.b64encode(part[i:i + _LINE_PAYLOAD]).decode()))
+        lines.append("f.close()")
+        if start + _RUN_PAYLOAD >= len(data):
+            lines.append("import os\nos.rename(%s,%s)" % (tmp, json.dumps(dest)))
+        link.run("\n".join(lines))
 
 
 def install_steps(port: BadgePort, opts: FlashOptions, link_box: dict) -> list[Step]:
