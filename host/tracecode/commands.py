@@ -128,7 +128,8 @@ def cmd_export_make(args) -> int:
 
 def cmd_match(args) -> int:
     batches = collect_batches(
-        args.exports, pubkeys=args.pubkey or (), allow_unsigned=args.allow_unsigned, cache_dir=args.cache
+        args.exports, pubkeys=args.pubkey or (), allow_unsigned=args.allow_unsigned, cache_dir=args.cache,
+        chain=not args.no_chain,
     )
     keys = [k for b in batches for k in b.keys]
     revised = [k for b in batches for k in b.revised_keys]
@@ -258,5 +259,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     mt.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     mt.add_argument("--thresholds", help="attenuation thresholds in dB, default 30,50,70")
     mt.add_argument("--cache", default=None, metavar="DIR", help="download cache for key-server URLs")
+    mt.add_argument("--no-chain", action="store_true",
+                    help="follow a plain EN key server that publishes no hash-chain records")
     mt.add_argument("--json", action="store_true")
     mt.set_defaults(func=cmd_match)

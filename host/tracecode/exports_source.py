@@ -1,38 +1,26 @@
-"""Where diagnosis-key batches come from: files, folders with index.txt, key-server URLs."""
+"""Where diagnosis-key batches come from: files, folders with index.txt, key-server URLs.
+
+A URL is followed with the key-server client (`tracecode.keyserver.client`): only batches not
+fetched before are downloaded, each is verified (EN signature and the server's hash chain)
+before it is kept, and a removed or altered batch is an error. A plain EN server that publishes
+no chain records is followed with `chain=False` (signatures are still verified).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Sequence
 
 from . import export
-from .errors import InputError, TraceCodeError
-
-MAX_DOWNLOAD = export.MAX_FILE_BYTES
+from .errors import InputError
+from .keyserver import client
 
 
 def default_cache() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "tracecode" / "exports"
-
-
-def _get(url: str) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            data = resp.read(MAX_DOWNLOAD + 1)
-    except urllib.error.HTTPError as exc:
-        raise TraceCodeError(f"{url}: HTTP {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TraceCodeError(f"{url}: cannot download ({reason})") from None
-    if len(data) > MAX_DOWNLOAD:
-        raise InputError(f"{url}: larger than {MAX_DOWNLOAD} bytes")
-    return data
 
 
 def index_base(folder_name: str, rel: str) -> int:
@@ -44,27 +32,15 @@ def index_base(folder_name: str, rel: str) -> int:
     return 1 if "/" in rel and first == folder_name else 0
 
 
-def fetch_url(url: str, cache_dir: Path) -> list[Path]:
-    """Download the batches an index lists, skipping those already in the cache.
-
-    `url` is a key server's index.txt or the folder that holds it."""
-    if not url.endswith(".txt"):
-        url = url.rstrip("/") + "/index.txt"
-    index = _get(url).decode("utf-8", "replace")
-    folder_url = url.rsplit("/", 1)[0]
-    folder_name = folder_url.rsplit("/", 1)[-1]
-    base = folder_url + "/"
-    site = hashlib.sha256(base.encode()).hexdigest()[:16]
-    folder = cache_dir / site
-    folder.mkdir(parents=True, exist_ok=True)
+def fetch_plain(url: str, cache_dir: Path) -> list[Path]:
+    """Every batch an EN server's index lists, downloading those not in the cache yet."""
+    index_url = client.index_url_of(url)
+    folder = cache_dir / "plain" / hashlib.sha256(index_url.encode()).hexdigest()[:16]
     paths = []
-    for rel in export.read_index(index):
-        if rel.startswith("/") or ".." in rel.split("/"):
-            raise InputError(f"{url}: index lists an unsafe path")
+    for rel in client.parse_index(client._get(index_url, client.MAX_INDEX_BYTES)):
         local = folder / rel
         if not local.exists():
-            up = "../" * index_base(folder_name, rel)
-            data = _get(urllib.parse.urljoin(base, up + rel))
+            data = client._get(client._entry_url(index_url, rel), client.MAX_BATCH_BYTES)
             local.parent.mkdir(parents=True, exist_ok=True)
             tmp = local.with_name(local.name + ".part")
             tmp.write_bytes(data)
@@ -73,9 +49,15 @@ def fetch_url(url: str, cache_dir: Path) -> list[Path]:
     return paths
 
 
-def expand(source: str, cache_dir: Path | None) -> list[Path]:
+def expand(source: str, cache_dir: Path | None, pubkeys: Sequence, chain: bool = True) -> list[Path]:
     if source.startswith(("http://", "https://")):
-        return fetch_url(source, cache_dir or default_cache())
+        cache = cache_dir or default_cache()
+        if not chain:
+            return fetch_plain(source, cache)
+        if not pubkeys:
+            raise InputError(f"{source}: following a key server needs its public key (--pubkey)")
+        client.fetch_new_batches(source, cache, pubkeys)
+        return client.cached_batches(cache, source)
     p = Path(source)
     if p.is_dir():
         index = p / "index.txt"
@@ -99,11 +81,12 @@ def collect_batches(
     pubkeys: Sequence = (),
     allow_unsigned: bool = False,
     cache_dir: str | Path | None = None,
+    chain: bool = True,
 ) -> list[export.ExportBatch]:
     keys = [export.load_public_key(k) if isinstance(k, (str, Path)) else k for k in pubkeys]
     cache = Path(cache_dir) if cache_dir else None
     out = []
     for s in sources:
-        for path in expand(s, cache):
+        for path in expand(s, cache, keys, chain):
             out.append(export.load_batch(path, pubkeys=keys, allow_unsigned=allow_unsigned))
     return out

@@ -145,12 +145,36 @@ def test_match_over_http(tmp_path, vectors):
         write_sightings_csv(tmp_path / "s.csv", [Sighting(v["enin"] * 600, bytes.fromhex(v["rpi"]), bytes.fromhex(v["aem"]), -50)])
         url = f"http://127.0.0.1:{srv.server_address[1]}/v1/index.txt"
         p = run("match", "--exports", url, "--sightings", tmp_path / "s.csv", "--pubkey", pub,
-                "--cache", tmp_path / "cache", "--json")
+                "--cache", tmp_path / "cache", "--no-chain", "--json")
         res = json.loads(p.stdout)
         assert len(res["exposures"]) == 1 and res["batches"][0]["signature"] == "valid"
+        # Without --no-chain a server that publishes no hash chain is refused.
+        p = run("match", "--exports", url, "--sightings", tmp_path / "s.csv", "--pubkey", pub,
+                "--cache", tmp_path / "cache2", "--json", check_rc=3)
+        assert "chain" in one_line_error(p)
     finally:
         srv.shutdown()
     assert b.exists()
+
+
+def test_match_follows_our_key_server(tmp_path, vectors):
+    from tracecode.keyserver.server import RunningServer
+    from tracecode.keyserver.store import KeyServer, UploadKey
+
+    ks = KeyServer.init(tmp_path / "ks")
+    tek = bytes.fromhex(vectors["tek"])
+    code, _ = ks.issue_code()
+    ks.accept_upload(code, [UploadKey(tek, vectors["rolling_start_interval_number"])])
+    ks.publish()
+    v = vectors["intervals"][7]
+    write_sightings_csv(tmp_path / "s.csv", [Sighting(v["enin"] * 600, bytes.fromhex(v["rpi"]), bytes.fromhex(v["aem"]), -50)])
+    with RunningServer(ks) as srv:
+        args = ("match", "--exports", srv.url, "--sightings", tmp_path / "s.csv", "--pubkey",
+                ks.public_key_path(), "--cache", tmp_path / "cache", "--json")
+        first = json.loads(run(*args).stdout)
+        again = json.loads(run(*args).stdout)  # nothing new to download: the cached batch is used
+    assert len(first["exposures"]) == 1 and first["batches"][0]["signature"] == "valid"
+    assert again["exposures"] == first["exposures"]
 
 
 def test_demo_host_only_runs(tmp_path):
