@@ -86,23 +86,24 @@ class Window:
         }
 
 
-def exposure_windows(matches, cfg: ScoringConfig) -> list[Window]:
-    """Group matches (objects with key, time, attenuation, min_attenuation, duration_s) into
-    windows per diagnosis key and score them."""
+def window_scans(matches):
+    """Group matches (objects with key, time, duration_s) into EN v2 exposure windows.
+
+    Yields `(new_window, match, seconds)` in window order: matches of one diagnosis key, by time;
+    a window starts at its first scan and holds the scans of the next 30 minutes; `seconds` is
+    the time that scan stands for. The one place this rule lives: `exposure_windows` builds
+    `Window`s from it and the calibration's histograms (tracecode.e2e.evaluate) reuse it."""
     by_key = defaultdict(list)
     for m in matches:
         by_key[m.key.key_data].append(m)
-    windows: list[Window] = []
-    for key_data, ms in by_key.items():
+    for ms in by_key.values():
         ms.sort(key=lambda m: m.time)
-        key = ms[0].key
-        w: Window | None = None
+        start: int | None = None
         prev_t: int | None = None
         for m in ms:
-            if w is None or m.time >= w.start + WINDOW_S:
-                w = Window(key_data, m.time, m.time, key.report_type, key.days_since_onset_of_symptoms)
-                windows.append(w)
-                prev_t = None
+            new = start is None or m.time >= start + WINDOW_S
+            if new:
+                start, prev_t = m.time, None
             if m.duration_s is not None:
                 secs = float(min(m.duration_s, SCAN_CAP_S))
             elif prev_t is None:
@@ -110,10 +111,23 @@ def exposure_windows(matches, cfg: ScoringConfig) -> list[Window]:
             else:
                 secs = float(min(m.time - prev_t, SCAN_CAP_S))
             prev_t = m.time
-            w.seconds[cfg.bucket(m.attenuation)] += secs
-            w.min_attenuation = min(w.min_attenuation, m.min_attenuation)
-            w.end = max(w.end, m.time)
-            w.scans += 1
+            yield new, m, secs
+
+
+def exposure_windows(matches, cfg: ScoringConfig) -> list[Window]:
+    """Group matches (objects with key, time, attenuation, min_attenuation, duration_s) into
+    windows per diagnosis key and score them."""
+    windows: list[Window] = []
+    w: Window | None = None
+    for new, m, secs in window_scans(matches):
+        if new:
+            w = Window(m.key.key_data, m.time, m.time, m.key.report_type, m.key.days_since_onset_of_symptoms)
+            windows.append(w)
+        assert w is not None
+        w.seconds[cfg.bucket(m.attenuation)] += secs
+        w.min_attenuation = min(w.min_attenuation, m.min_attenuation)
+        w.end = max(w.end, m.time)
+        w.scans += 1
     for w in windows:
         weighted = sum(s * bw for s, bw in zip(w.seconds, cfg.bucket_weights))
         w.score = (

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..scoring import BUCKETS, SCAN_CAP_S, SCAN_UNKNOWN_S, WINDOW_S, ScoringConfig
+from ..scoring import BUCKETS, ScoringConfig, window_scans
 from .groundtruth import GroundTruth
 
 POSITIVE_CODES = ("yellow", "red")
@@ -34,33 +34,16 @@ class PersonExposure:
 
     @classmethod
     def from_matches(cls, person: str, matches, *, diagnosed: bool = False) -> "PersonExposure":
-        by_key = defaultdict(list)
-        for m in matches:
-            by_key[m.key.key_data].append(m)
         hists, rts, dsos, starts, ends = [], [], [], [], []
-        for ms in by_key.values():
-            ms.sort(key=lambda m: m.time)
-            key = ms[0].key
-            cur = None
-            prev_t = None
-            for m in ms:
-                if cur is None or m.time >= starts[cur] + WINDOW_S:
-                    hists.append(np.zeros(256))
-                    rts.append(key.report_type)
-                    dsos.append(key.days_since_onset_of_symptoms)
-                    starts.append(m.time)
-                    ends.append(m.time)
-                    cur = len(hists) - 1
-                    prev_t = None
-                if m.duration_s is not None:
-                    secs = float(min(m.duration_s, SCAN_CAP_S))
-                elif prev_t is None:
-                    secs = float(SCAN_UNKNOWN_S)
-                else:
-                    secs = float(min(m.time - prev_t, SCAN_CAP_S))
-                prev_t = m.time
-                hists[cur][min(int(m.attenuation), 255)] += secs
-                ends[cur] = max(ends[cur], m.time)
+        for new, m, secs in window_scans(matches):
+            if new:
+                hists.append(np.zeros(256))
+                rts.append(m.key.report_type)
+                dsos.append(m.key.days_since_onset_of_symptoms)
+                starts.append(m.time)
+                ends.append(m.time)
+            hists[-1][min(int(m.attenuation), 255)] += secs
+            ends[-1] = max(ends[-1], m.time)
         hist = np.array(hists) if hists else np.zeros((0, 256))
         st = np.array(starts, dtype=np.int64)
         return cls(person, hist, np.ones(len(hists)), rts, dsos, st // 86400, st, np.array(ends, dtype=np.int64),
