@@ -12,6 +12,7 @@ is otherwise paused (it only advances time while host-issued code is waiting on 
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import os
@@ -201,12 +202,17 @@ class Scheduler:
             raise RuntimeError("run_until is for virtual time; a realtime fleet runs by itself")
         self._acquire_driver()
         old = self._pin_thread()
+        # badge code allocates many short-lived cyclic objects (tasks, coroutines); collecting
+        # the youngest generation less often saves ~10% of a long run
+        gc_old = gc.get_threshold()
+        gc.set_threshold(max(gc_old[0], 50000), gc_old[1], gc_old[2])
         try:
             self._limit_fn = lambda: t
             self._drive()
             if t > self.now:
                 self.now = t
         finally:
+            gc.set_threshold(*gc_old)
             self._unpin_thread(old)
             self._release_driver()
 
