@@ -39,6 +39,18 @@ def register(subparsers) -> None:
     r.add_argument("--duration", metavar="T", help="override the scenario duration (e.g. 2h, 1d)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=cmd_run)
+
+    # The end-to-end pipeline (flash, days of scenario, sync, diagnose, publish, match, report)
+    # lives in tracecode.e2e; when installed it is offered here as `tracecode sim e2e`.
+    try:
+        from ..e2e import cli as e2e_cli
+    except ImportError:
+        e2e_cli = None
+    if e2e_cli is not None and hasattr(e2e_cli, "add_arguments") and hasattr(e2e_cli, "run"):
+        e = sub.add_parser("e2e", help="run scenarios end to end and report precision/recall "
+                                       "against their ground truth (tracecode.e2e)")
+        e2e_cli.add_arguments(e)
+        e.set_defaults(func=e2e_cli.run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
