@@ -134,3 +134,21 @@ def test_moved_out_of_range_mid_scan(fleet):
     fleet.run_until(60)
     late = [r for r in results(rx) if r[0] > 32.5]
     assert late == []
+
+
+@pytest.mark.parametrize("distance,heard", [(1.0, True), (30.0, False)])
+def test_two_badges_hear_each_other(fleet, distance, heard):
+    from sim_helpers import MINI_FW
+    a = fleet.add_badge("a", firmware_dir=MINI_FW, position=(0, 0))
+    b = fleet.add_badge("b", firmware_dir=MINI_FW, position=(distance, 0))
+    fleet.power_on_all()
+    fleet.run_until(600)
+    for x in (a, b):
+        p = x.flash.host("heard.csv")
+        rows = open(p).read().split() if __import__("os").path.exists(p) else []
+        if not heard:
+            assert rows == []
+            continue
+        assert len(rows) >= 9                      # one aggregate per 60 s scan
+        rssis = [int(v) for r in rows for v in r.split(",")[3:5]]
+        assert all(-72 <= v <= -48 for v in rssis)  # -60 dBm +- clipped noise at 1 m
