@@ -84,6 +84,7 @@ class Scheduler:
         self._aux: threading.Thread | None = None
         self._rt: threading.Thread | None = None
         self.events_processed = 0
+        _install_unraisable_filter()
 
     # -- clock -------------------------------------------------------------------------------
     def clock(self) -> float:
@@ -288,6 +289,28 @@ class Scheduler:
                     return True
                 self._cond.wait(0.02)
         return False
+
+
+def _install_unraisable_filter() -> None:
+    """Badge coroutines abandoned by a power cut or a closed fleet may be finalised by CPython's
+    GC long after their badge died (MicroPython never runs them again). Errors raised while they
+    unwind are not the host's: drop them instead of printing 'Exception ignored in ...'."""
+    import sys
+    import types
+
+    prev = sys.unraisablehook
+    if getattr(prev, "_tracecode_sim", False):
+        return
+
+    def hook(u) -> None:
+        obj = u.object
+        code = getattr(obj, "cr_code", None) or getattr(obj, "gi_code", None)
+        if isinstance(code, types.CodeType) and not os.path.isabs(code.co_filename):
+            return
+        prev(u)
+
+    hook._tracecode_sim = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 class _Part:
