@@ -11,7 +11,7 @@ _IRQ_SCAN_DONE = const(6)
 _SCAN_INTERVAL_US = const(30000)
 _SCAN_WINDOW_US = const(30000)
 _ADDR_NRPA = const(3)
-_POLL_MS = const(500)
+_DONE_GRACE_MS = const(2000)
 
 
 def _load_aioble():
@@ -123,10 +123,15 @@ class Radio:
                     # EALREADY: a scan is still running (e.g. left over); stop it, start ours.
                     self._stop_scan()
                     self.ble.gap_scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US, False)
-                end = time.ticks_add(time.ticks_ms(), duration_ms + 2000)
-                while not self._done and time.ticks_diff(end, time.ticks_ms()) > 0:
+                # Sleep until the stack's scan-done IRQ (one wake-up per scan); the deadline
+                # only matters if that event never comes.
+                end = time.ticks_add(time.ticks_ms(), duration_ms + _DONE_GRACE_MS)
+                while not self._done:
+                    left = time.ticks_diff(end, time.ticks_ms())
+                    if left <= 0:
+                        break
                     try:
-                        await asyncio.wait_for_ms(self._flag.wait(), _POLL_MS)
+                        await asyncio.wait_for_ms(self._flag.wait(), left)
                     except asyncio.TimeoutError:
                         pass
                 if not self._done:
