@@ -47,7 +47,7 @@ def test_example_scenario_loads():
 def test_bad_scenarios_one_line_error(tmp_path, text, msg):
     p = tmp_path / "bad.yaml"
     p.write_text(text)
-    r = subprocess.run([str(TRACECODE), "sim", "run", str(p)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([str(TRACECODE), "sim", "run", str(p), "--radio-only"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert msg in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
 
@@ -55,7 +55,7 @@ def test_bad_scenarios_one_line_error(tmp_path, text, msg):
 def test_sim_run_json_with_project_firmware(tmp_path):
     if not (ROOT / "firmware" / "main.py").is_file():
         pytest.skip("firmware/ not present")
-    r = subprocess.run([str(TRACECODE), "sim", "run", str(ROOT / "scenarios" / "two-badges.yaml"),
+    r = subprocess.run([str(TRACECODE), "sim", "run", str(ROOT / "scenarios" / "two-badges.yaml"), "--radio-only",
                         "--json", "--duration", "1h", "--workdir", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -110,3 +110,17 @@ def test_link_throttle(fleet):
     assert data == b"q" * 6000
     # >= 6000 payload bytes (plus repr framing) at 20000 B/s
     assert slow >= 0.3 and slow > fast
+
+
+def test_sim_run_plays_the_whole_pipeline(tmp_path):
+    """Without --radio-only, `sim run` is the end-to-end pipeline: flash, days, sync, diagnose,
+    key server, match, health codes on the badges, figures against the ground truth."""
+    r = subprocess.run([str(TRACECODE), "sim", "run", str(ROOT / "scenarios" / "two-badges.yaml"),
+                        "--json", "--out", str(tmp_path)], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["scenarios"][0]
+    assert res["mode"] == "fleet"
+    assert res["health_codes"] == {"alice": "red", "bob": "red"}   # bob diagnosed, alice sat by him
+    assert res["recall"] == 1.0 and res["precision"] == 1.0
+    assert (tmp_path / "two-badges" / "two-badges.html").is_file()
+    assert (tmp_path / "two-badges" / "two-badges.png").is_file()

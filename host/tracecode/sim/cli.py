@@ -32,25 +32,30 @@ def register(subparsers) -> None:
     b.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     b.set_defaults(func=cmd_badge)
 
-    r = sub.add_parser("run", help="run a scenario fleet in virtual time and summarise it")
-    r.add_argument("scenario", help="scenario file (YAML or JSON, see docs/sim.md)")
-    r.add_argument("--workdir", metavar="DIR", help="keep the badges' flash folders here")
-    r.add_argument("--firmware", metavar="DIR", help="firmware folder (default: the scenario's)")
-    r.add_argument("--duration", metavar="T", help="override the scenario duration (e.g. 2h, 1d)")
-    r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r = sub.add_parser(
+        "run", help="play a scenario through the whole pipeline (or, with --radio-only, just the fleet)",
+        description="Without --radio-only: virtual badges are flashed and provisioned by the station "
+                    "code, live the scenario's days, are synced nightly; the diagnosed consent and "
+                    "upload to a local key server; batches are published and matched; health codes "
+                    "go back to the badges; precision/recall against the scenario's ground truth and "
+                    "a PNG/HTML report come out (tracecode.e2e). With --radio-only: the fleet runs in "
+                    "virtual time and a per-badge radio summary is printed.")
+    r.add_argument("scenario", help="scenario file (YAML or JSON, see docs/sim.md and docs/e2e.md)")
+    r.add_argument("--radio-only", action="store_true",
+                   help="only run the fleet in virtual time and summarise adverts, scans and records")
+    r.add_argument("--mode", choices=("fleet", "synthetic"), default="fleet",
+                   help="pipeline: fleet = virtual badges running the firmware (default); "
+                        "synthetic = logs computed from the geometry (fast)")
+    r.add_argument("--out", type=Path, default=Path("out/sim"), help="pipeline report folder (default out/sim)")
+    r.add_argument("--scoring", help="pipeline: JSON with thresholds_db / bucket_weights")
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--no-report", action="store_true", help="pipeline: skip the PNG/HTML report")
+    r.add_argument("--workdir", metavar="DIR", help="--radio-only: keep the badges' flash folders here")
+    r.add_argument("--firmware", metavar="DIR", help="--radio-only: firmware folder (default: the scenario's)")
+    r.add_argument("--duration", metavar="T", help="--radio-only: override the scenario duration (e.g. 2h, 1d)")
+    r.add_argument("--json", action="store_true", help="print the figures (or the summary) as JSON")
     r.set_defaults(func=cmd_run)
 
-    # The end-to-end pipeline (flash, days of scenario, sync, diagnose, publish, match, report)
-    # lives in tracecode.e2e; when installed it is offered here as `tracecode sim e2e`.
-    try:
-        from ..e2e import cli as e2e_cli
-    except ImportError:
-        e2e_cli = None
-    if e2e_cli is not None and hasattr(e2e_cli, "add_arguments") and hasattr(e2e_cli, "run"):
-        e = sub.add_parser("e2e", help="run scenarios end to end and report precision/recall "
-                                       "against their ground truth (tracecode.e2e)")
-        e2e_cli.add_arguments(e)
-        e.set_defaults(func=e2e_cli.run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -98,6 +103,18 @@ def cmd_badge(args) -> int:
 
 
 def cmd_run(args) -> int:
+    if not args.radio_only:
+        try:
+            from ..e2e import cli as e2e_cli
+        except ImportError:
+            raise InputError("the end-to-end pipeline (tracecode.e2e) is not installed; "
+                             "use --radio-only") from None
+        args.scenarios = [args.scenario]
+        return e2e_cli.run(args)
+    return cmd_radio_only(args)
+
+
+def cmd_radio_only(args) -> int:
     from ..cli import print_json
     from .scenario import load_scenario, parse_duration
 
