@@ -42,8 +42,8 @@ def provision(badge, name, board="esp32-devkitc", secret=None, config=None):
     return profile
 
 
-AIOBLE_DIR = Path(os.environ.get("TRACECODE_AIOBLE_DIR",
-                                 "/work/ext/micropython/bluetooth/aioble/aioble"))
+# micropython-lib's aioble/ package folder, when a checkout is at hand (CI has none).
+AIOBLE_DIR = Path(os.environ.get("TRACECODE_AIOBLE_DIR") or "aioble-not-configured")
 
 
 def make_fleet(tmp_path, names_positions, seed=1, board="esp32-devkitc", config=None, aioble=False):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MINI_FW = HERE / "fw_mini"
-AIOBLE_DIR = Path(os.environ.get("TRACECODE_AIOBLE_DIR",
-                                 "/work/ext/micropython/bluetooth/aioble/aioble"))
+# micropython-lib's aioble/ package folder, when a checkout is at hand (CI has none).
+AIOBLE_DIR = Path(os.environ.get("TRACECODE_AIOBLE_DIR") or "aioble-not-configured")
 
 
 def raw_transport(badge, soft_reset=True):

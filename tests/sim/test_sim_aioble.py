@@ -1,7 +1,7 @@
 """micropython-lib's aioble, unchanged, on virtual badges.
 
 aioble is not vendored in this project and not in any registry CI reaches: this test runs only
-where a copy exists (TRACECODE_AIOBLE_DIR, default /work/ext/.../aioble, e.g. fetched from
+where a copy exists (the folder named by TRACECODE_AIOBLE_DIR, e.g. fetched from
 github.com/micropython/micropython-lib) and is skipped otherwise. It is copied into each badge's
 flash `lib/aioble/`, as `mpremote mip install aioble` would.
 """
