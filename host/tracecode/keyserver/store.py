@@ -20,11 +20,12 @@ import secrets
 import sqlite3
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .. import export
 from ..errors import InputError, TraceCodeError
+from ..export import DiagnosisKey
 from . import chain as chainmod
 
 SCHEMA_VERSION = 1
@@ -77,22 +78,9 @@ class UploadRejected(TraceCodeError):
         self.code = code
 
 
-@dataclass(frozen=True)
-class UploadKey:
-    key_data: bytes
-    rolling_start_interval_number: int
-    rolling_period: int = 144
-    report_type: int = 1
-    days_since_onset_of_symptoms: int | None = None
-
-    def to_json(self) -> dict:
-        return {
-            "key_data": self.key_data.hex(),
-            "rolling_start_interval_number": self.rolling_start_interval_number,
-            "rolling_period": self.rolling_period,
-            "report_type": self.report_type,
-            "days_since_onset_of_symptoms": self.days_since_onset_of_symptoms,
-        }
+# An accepted upload's key is a diagnosis key as the export format has it (the upload carries
+# no transmission risk level; it stays 0).
+UploadKey = DiagnosisKey
 
 
 def normalize_code(code: str) -> str:
@@ -145,7 +133,8 @@ def parse_upload(doc: Any) -> tuple[str, list[UploadKey]]:
         period = _int_field(k, "rolling_period", lo=1, hi=144, default=144, idx=i)
         rtype = _int_field(k, "report_type", lo=1, hi=5, default=1, idx=i)
         dsos = _int_field(k, "days_since_onset_of_symptoms", lo=-14, hi=14, default=None, idx=i)
-        out.append(UploadKey(raw, rsin, period, rtype, dsos))
+        out.append(DiagnosisKey(key_data=raw, rolling_start_interval_number=rsin, rolling_period=period,
+                                report_type=rtype, days_since_onset_of_symptoms=dsos))
     return code, out
 
 
@@ -177,7 +166,6 @@ class KeyServer:
              key_id: str = "tc", key_version: str = "v1",
              clock: Callable[[], float] = time.time) -> "KeyServer":
         """Create (or open, idempotently) a key server folder with a fresh signing key."""
-        from .. import export
 
         d = Path(directory)
         if not root or "/" in root or root.startswith(".") or not root.isprintable():
@@ -319,7 +307,6 @@ class KeyServer:
 
     def publish(self, *, now: float | None = None, max_keys_per_batch: int = MAX_KEYS_PER_BATCH) -> list[str]:
         """Turn pending uploads into signed batches; rewrite index.txt. Returns new batch paths."""
-        from .. import export
 
         signing_key = export.load_private_key(self.private_key_path())
         t = int(self.clock() if now is None else now)
@@ -357,13 +344,7 @@ class KeyServer:
                 tmp = final.with_name(final.name + ".tmp")
                 export.write_batch(
                     tmp,
-                    [export.DiagnosisKey(
-                        key_data=bytes.fromhex(k["key_data"]),
-                        rolling_start_interval_number=k["rolling_start_interval_number"],
-                        rolling_period=k["rolling_period"],
-                        report_type=k["report_type"],
-                        days_since_onset_of_symptoms=k["days_since_onset_of_symptoms"],
-                    ) for k in chunk],
+                    [DiagnosisKey.from_json(k, rel) for k in chunk],
                     signing_key=signing_key, start_timestamp=start, end_timestamp=end,
                     region=self.region, batch_num=n, batch_size=len(chunks),
                     key_id=self.key_id, key_version=self.key_version)
