@@ -244,15 +244,25 @@ def test_fleet_mode_end_to_end_on_virtual_badges(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_office_on_virtual_badges_meets_the_targets(tmp_path):
-    """The 'done when' figures: office end to end on 12 virtual badges at the default setting."""
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenario_on_virtual_badges(tmp_path, name):
+    """Every scenario end to end on virtual badges running the firmware; the issue's bar
+    (recall >= 0.9, precision >= 0.8 at the default setting) for the office and the classroom."""
     pytest.importorskip("tracecode.station.flasher", reason="sync station not built")
     sim = pytest.importorskip("tracecode.sim", reason="virtual badges (tracecode.sim) not built")
     assert hasattr(sim, "Fleet")
-    res = run_scenario(ROOT / "scenarios" / "office.yaml", tmp_path, mode="fleet")
-    assert res["recall"] >= 0.9 and res["precision"] >= 0.8, res["metrics"]
+    res = run_scenario(ROOT / "scenarios" / f"{name}.yaml", tmp_path, mode="fleet", report=(name == "office"))
+    assert res["sync_errors"] == [] and res["uploads"] == len(res["diagnosed"])
     assert res["health_codes_on_badges"] == res["health_codes"]
-    assert Path(res["report"]["png"]).stat().st_size > 20_000
+    per = {p["id"]: p for p in res["per_person"]}
+    for d in res["diagnosed"]:
+        assert per[d["person"]]["health_code"] == "red"
+    if name in ("office", "classroom"):
+        assert res["recall"] >= 0.9 and res["precision"] >= 0.8, res["metrics"]
+    else:
+        assert res["recall"] >= 0.8, res["metrics"]
+    if name == "office":
+        assert Path(res["report"]["png"]).stat().st_size > 20_000
 
 
 def test_reads_the_simulator_scenario_format():
