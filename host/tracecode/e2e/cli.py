@@ -17,10 +17,15 @@ from ..errors import InputError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario YAML file(s)")
-    p.add_argument("--mode", choices=("synthetic", "fleet"), default="synthetic",
+    add_pipeline_options(p)
+
+
+def add_pipeline_options(p: argparse.ArgumentParser, *, out: str = "out/e2e", mode: str = "synthetic") -> None:
+    """The runner's options (without the scenario argument); `tracecode sim run` shares them."""
+    p.add_argument("--mode", choices=("synthetic", "fleet"), default=mode,
                    help="fleet: virtual badges running the firmware, synced by the station code; "
                         "synthetic: badge logs computed from the geometry (fast)")
-    p.add_argument("--out", type=Path, default=Path("out/e2e"), help="report folder (default out/e2e)")
+    p.add_argument("--out", type=Path, default=Path(out), help=f"report folder (default {out})")
     p.add_argument("--scoring", help="JSON with thresholds_db / bucket_weights (e.g. tools/calibrate.py --out)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-report", action="store_true", help="skip the PNG/HTML report")

@@ -43,17 +43,17 @@ def register(subparsers) -> None:
     r.add_argument("scenario", help="scenario file (YAML or JSON, see docs/sim.md and docs/e2e.md)")
     r.add_argument("--radio-only", action="store_true",
                    help="only run the fleet in virtual time and summarise adverts, scans and records")
-    r.add_argument("--mode", choices=("fleet", "synthetic"), default="fleet",
-                   help="pipeline: fleet = virtual badges running the firmware (default); "
-                        "synthetic = logs computed from the geometry (fast)")
-    r.add_argument("--out", type=Path, default=Path("out/sim"), help="pipeline report folder (default out/sim)")
-    r.add_argument("--scoring", help="pipeline: JSON with thresholds_db / bucket_weights")
-    r.add_argument("--seed", type=int, default=1)
-    r.add_argument("--no-report", action="store_true", help="pipeline: skip the PNG/HTML report")
+    try:
+        from ..e2e import cli as e2e_cli
+    except ImportError:
+        e2e_cli = None
+    if e2e_cli is not None:
+        e2e_cli.add_pipeline_options(r, out="out/sim", mode="fleet")
+    else:
+        r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.add_argument("--workdir", metavar="DIR", help="--radio-only: keep the badges' flash folders here")
     r.add_argument("--firmware", metavar="DIR", help="--radio-only: firmware folder (default: the scenario's)")
     r.add_argument("--duration", metavar="T", help="--radio-only: override the scenario duration (e.g. 2h, 1d)")
-    r.add_argument("--json", action="store_true", help="print the figures (or the summary) as JSON")
     r.set_defaults(func=cmd_run)
 
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
