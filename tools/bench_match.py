@@ -13,7 +13,7 @@ import random
 import sys
 import time
 
-from tracecode import en
+from tracecode import en, native
 from tracecode.export import DiagnosisKey
 from tracecode.matcher import Sighting, match
 
@@ -66,6 +66,7 @@ def main() -> int:
     keys, sightings, planted = build(args.keys, args.heard, args.planted, args.seed)
     cores = os.cpu_count() or 1
     print(f"matcher benchmark: {len(keys):,} diagnosis keys x {len(sightings):,} heard RPIs, {len(planted)} planted matches")
+    print(f"  kernel: {native.kernel_name()}")
     ok = True
     for jobs in (1, cores):
         dt, missed, false = run(keys, sightings, planted, jobs)
