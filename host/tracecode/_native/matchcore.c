@@ -45,6 +45,12 @@ static const uint32_t IV256[8] = {
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 };
 
+#if defined(__GNUC__) || defined(__clang__)
+#define MC_MAYBE_UNUSED __attribute__((unused))
+#else
+#define MC_MAYBE_UNUSED
+#endif
+
 #define ROR32(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 
 /* One compression of a block given as 16 big-endian words already in host order. */
@@ -209,7 +215,7 @@ typedef struct {
     Py_ssize_t n;
 } heard_index;
 
-static int heard_contains(const heard_index *ix, const uint8_t rpi[16])
+MC_MAYBE_UNUSED static int heard_contains(const heard_index *ix, const uint8_t rpi[16])
 {
     Py_ssize_t lo = 0, hi = ix->n;
     while (lo < hi) {
@@ -237,7 +243,7 @@ typedef struct {
     int oom;
 } hit_list;
 
-static void hits_push(hit_list *h, uint32_t key, uint32_t interval, const uint8_t rpi[16])
+MC_MAYBE_UNUSED static void hits_push(hit_list *h, uint32_t key, uint32_t interval, const uint8_t rpi[16])
 {
     if (h->n == h->cap) {
         size_t cap = h->cap ? 2 * h->cap : 64;
