@@ -52,6 +52,7 @@ def test_vector_rpik_and_all_144_rpis(vectors, sha_variant):
     tek = bytes.fromhex(vectors["tek"])
     start = vectors["rolling_start_interval_number"]
     assert native.rpik(tek).hex() == vectors["rpik"]
+    assert native.rpik(bytearray(tek)).hex() == native.rpik(memoryview(tek)).hex() == vectors["rpik"]
     buf = native.derive([(tek, start, 144)])
     assert buf == b"".join(_vector_rpis(vectors))
     # The lookup path finds every one of them, with its interval.

@@ -404,6 +404,14 @@ static int require_kernel(void)
 static int read_tek(PyObject *obj, uint8_t out[16])
 {
     Py_buffer b;
+    if (PyBytes_CheckExact(obj)) { /* the common case, without the buffer protocol */
+        if (PyBytes_GET_SIZE(obj) != 16) {
+            PyErr_SetString(PyExc_ValueError, "a TEK is 16 bytes");
+            return 0;
+        }
+        memcpy(out, PyBytes_AS_STRING(obj), 16);
+        return 1;
+    }
     if (PyObject_GetBuffer(obj, &b, PyBUF_SIMPLE) < 0) {
         PyErr_Clear();
         PyErr_SetString(PyExc_TypeError, "a TEK is a bytes-like object");
