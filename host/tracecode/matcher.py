@@ -104,11 +104,10 @@ def dedupe_keys(keys: Iterable[DiagnosisKey], revised: Iterable[DiagnosisKey] = 
     """One entry per key_data; a revision replaces the original; REVOKED drops the key.
 
     Returns (usable keys, number revoked)."""
-    latest: dict[bytes, DiagnosisKey] = {}
-    for k in keys:
-        latest.setdefault(k.key_data, k)
-    for k in revised:
-        latest[k.key_data] = k
+    keys = keys if isinstance(keys, list) else list(keys)
+    # The first occurrence of a key wins (built from the end so that it is the one kept).
+    latest: dict[bytes, DiagnosisKey] = {k.key_data: k for k in reversed(keys)}
+    latest.update((k.key_data, k) for k in revised)
     usable = [k for k in latest.values() if k.report_type != REVOKED]
     return usable, len(latest) - len(usable)
 
