@@ -252,6 +252,7 @@ def _diagnose_with_consent(fleet, db, tmp_path, capsys):
     from tracecode.export import generate_signing_key, load_batch
     priv, pub = generate_signing_key(tmp_path / "keys")
     badge.press_button(after=1.0)
+    host_day = int(time.time()) // 86400            # the CLI dates onset from the host clock
     rc = main(["diagnose", "--badge", bid, "--port", url, "--db", str(db.path), "--out",
                str(tmp_path / "out"), "--signing-key", str(priv), "--wait", "10",
                "--onset-days", "2", "--report-type", "confirmed-test", "--json"])
@@ -263,7 +264,10 @@ def _diagnose_with_consent(fleet, db, tmp_path, capsys):
     got = {k.rolling_start_interval_number: k.key_data for k in batch.keys}
     assert got == {r: k for r, k in teks.items() if r in got} and len(got) >= 2
     assert all(k.report_type == 1 for k in batch.keys)
-    assert batch.keys[-1].days_since_onset_of_symptoms == 2
+    # symptom onset 2 days before the (host's) diagnosis day; each key carries the days since
+    # onset as of its own day
+    for k in batch.keys:
+        assert k.days_since_onset_of_symptoms == 2 - (host_day - k.rolling_start_interval_number // 144)
     stored_keys = {bytes(r["key_data"]) for r in db.diagnosed_keys(bid)}
     assert stored_keys == set(got.values())
     assert db.current_health(bid)["code"] == "red"
