@@ -32,7 +32,7 @@ NIGHTLY_SYNC_S = 23 * 3600 + 30 * 60       # 23:30 every day
 PUBLISH_DELAY_S = 3600
 FAR = 10_000.0                             # where absent people are parked (out of range)
 BOARD = "esp32-devkitc"
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = __import__("tracecode.resources").resources.data_root()
 
 
 def _sim_path(scn: Scenario, j: int, keyframes):

@@ -24,7 +24,7 @@ BANNER = ("%s; %s\r\nType \"help()\" for more information.\r\n" % (MP_BANNER_VER
 RAW_HEADER = b"raw REPL; CTRL-B to exit\r\n"
 PASTE_WINDOW = 256
 
-REPO_ROOT = FsPath(__file__).resolve().parents[3]
+REPO_ROOT = __import__("tracecode.resources").resources.data_root()
 
 _CTRL = {1: "A", 2: "B", 3: "C", 4: "D", 5: "E"}
 _EXC_NAMES = {"ModuleNotFoundError": "ImportError"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = __import__("tracecode.resources").resources.data_root()
 
 
 def register(subparsers) -> None:
@@ -69,6 +69,7 @@ def cmd_badge(args) -> int:
         flash = Path(tmp.name) / "flash"
     if args.firmware and not (Path(args.firmware) / "main.py").is_file():
         raise InputError("firmware folder %s has no main.py" % args.firmware)
+    __import__("tracecode.resources").resources.board_file(args.board)   # unknown board: exit 2
     fleet = Fleet(flash.parent, realtime=True, start_unix=time.time())
     try:
         badge = fleet.add_badge("badge", flash_dir=flash, firmware_dir=args.firmware,

@@ -21,7 +21,7 @@ from ..errors import InputError
 from .fleet import DEFAULT_START_UNIX, Fleet
 from .radio import Path, RadioParams, Wall
 
-REPO_ROOT = FsPath(__file__).resolve().parents[3]
+REPO_ROOT = __import__("tracecode.resources").resources.data_root()
 _DUR = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
 
 

@@ -22,7 +22,7 @@ from .db import Database
 from .link import BadgeLink, BadgeRefused
 from .ports import BadgePort
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = __import__("tracecode.resources").resources.data_root()
 DEFAULT_FIRMWARE_DIR = REPO_ROOT / "firmware"
 DEFAULT_BOARDS_DIR = REPO_ROOT / "boards"
 
