@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "tracecode.commands",          # keys, export, match
     "tracecode.station.cli",       # flash, sync, diagnose, status, db
     "tracecode.keyserver.cli",     # keyserver
+    "tracecode.stats",             # stats
     "tracecode.sim.cli",           # sim
     "tracecode.demo",              # demo
 )

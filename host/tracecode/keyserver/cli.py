@@ -45,7 +45,14 @@ def register(subparsers) -> None:
     q.add_argument("--port", type=int, default=8080, help="port (0 picks a free one; default 8080)")
     q.add_argument("--publish-every", type=float, default=0, metavar="SECONDS",
                    help="also publish pending uploads this often (default: never; use `publish`)")
-    q.add_argument("--verbose", action="store_true", help="log every request")
+    q.add_argument("--threads", type=int, default=None, help="worker threads (default 8)")
+    q.add_argument("--connection-limit", type=int, default=None,
+                   help="open connections; more are answered 503 at once (default 1000)")
+    q.add_argument("--request-deadline", type=float, default=None, metavar="SECONDS",
+                   help="a request must arrive in full within this (default 10)")
+    q.add_argument("--trusted-proxy", metavar="ADDR",
+                   help="address of a reverse proxy whose X-Forwarded-For/-Proto to trust (docs/keyserver.md)")
+    q.add_argument("--verbose", action="store_true", help="log server warnings (connection limit, queue depth)")
     q.set_defaults(func=_serve)
 
     q = sub.add_parser("status", help="codes, uploads and batches of a key server folder")
@@ -103,7 +110,17 @@ def _serve(args) -> int:
     ks = KeyServer(args.dir)
     if args.port < 0 or args.port > 65535:
         raise InputError("--port must be 0..65535")
-    httpd = make_server(ks, args.host, args.port, quiet=not args.verbose)
+    kw: dict = {}
+    for name, attr, lo in (("threads", "threads", 1), ("connection_limit", "connection_limit", 1),
+                           ("request_deadline_s", "request_deadline", 0.1)):
+        value = getattr(args, attr)
+        if value is not None:
+            if value < lo:
+                raise InputError(f"--{attr.replace('_', '-')} must be at least {lo}")
+            kw[name] = value
+    if args.trusted_proxy:
+        kw["trusted_proxy"] = args.trusted_proxy
+    httpd = make_server(ks, args.host, args.port, quiet=not args.verbose, **kw)
     stop = threading.Event()
     if args.publish_every and args.publish_every > 0:
         def loop() -> None:

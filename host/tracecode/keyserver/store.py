@@ -382,12 +382,31 @@ class KeyServer:
         return new_paths
 
     def write_index(self) -> None:
-        """(Re)write <root>/index.txt and the top-level copy from the database."""
+        """(Re)write <root>/index.txt and the top-level copy from the database, then stats.json."""
         lines = [b["path"] for b in self.batches()]
         data = "\n".join(lines).encode("utf-8")
         (self.www / self.root).mkdir(parents=True, exist_ok=True)
         _atomic_write(self.www / self.root / "index.txt", data)
         _atomic_write(self.www / "index.txt", data)
+        self.write_stats(lines)
+
+    def write_stats(self, lines: list[str] | None = None) -> None:
+        """<root>/stats.json + stats.json.sig: the open statistics of the published batches,
+        computed only from the published files themselves (tracecode.stats), signed with the
+        export signing key (detached base64 DER ECDSA P-256 / SHA-256)."""
+        from .. import stats
+
+        if lines is None:
+            lines = [b["path"] for b in self.batches()]
+        pub = export.load_public_key(self.public_key_path())
+        batches = [export.load_batch(self.www / rel, pubkeys=[pub]) for rel in lines]
+        doc = stats.stats_document(batches, lines)
+        sig = stats.sign_stats(doc, export.load_private_key(self.private_key_path()))
+        folder = self.www / self.root
+        # signature first, then the document: a reader never sees a new document with no signature
+        # for it for longer than the two renames (it may see the old pair or a mismatch, and retries)
+        _atomic_write(folder / stats.STATS_SIG_FILE, sig)
+        _atomic_write(folder / stats.STATS_FILE, doc)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
