@@ -6,9 +6,13 @@ virtual-badge fleet: every person gets real EN keys (random TEKs, real RPIs/AEMs
 `scan_every_s` (firmware default 120 s, with a per-badge phase) and logs one aggregated record
 per RPI heard, like the firmware's scanner: first-seen time, mean and strongest RSSI.
 
-Radio: log-distance path loss, RSSI = rssi_1m - 10 n log10(d) - walls crossed - body loss
-+ noise, heard when above the sensitivity. The defaults follow the virtual badges' medium
-(docs/sim.md) where it is available, so both paths give comparable attenuations.
+Radio: the channel model of `tracecode.sim.channel` (docs/channel.md), the same one the virtual
+badges' medium calls. `fitted` (default): each scan window hears every advertiser's adverts
+(window / advertising interval x p_rx readings), each reading with its own attenuation from the
+fitted channel (slow fading per pair, orientation and carrying position per badge, per-channel
+and per-reading fading, device offsets, walls); the badge logs their mean and strongest RSSI.
+Scan starts get a random boot phase per badge and +- jitter per scan. `ideal` (unit tests): the
+old model, RSSI = rssi_1m - 10 n log10(d) - walls - body loss + noise on a scan's mean.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 from .. import en
 from ..export import DiagnosisKey
 from ..matcher import Sighting
+from ..sim.channel import Channel, ChannelParams
 from .scenario import DAY_S, Scenario, distance, walls_between
 
 
@@ -34,9 +39,13 @@ class RadioModel:
     sensitivity_dbm: float = -92.0
     scan_every_s: int = 120
     adverts_per_scan: int = 16      # 4 s window / 250 ms advertising interval
+    channel: ChannelParams = field(default_factory=ChannelParams)   # fitted unless told otherwise
+    p_rx: float = 0.9               # chance an advert inside the window is received (as the medium)
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        d = {k: v for k, v in self.__dict__.items() if k != "channel"}
+        d["channel"] = self.channel.to_json()
+        return d
 
 
 @dataclass
@@ -80,6 +89,8 @@ def simulate(scn: Scenario, *, radio: RadioModel | None = None, seed: int = 1) -
                 table[rsin + j] = (r, en.aem(k_aem, r, meta))
         rpi_of[pid] = table
 
+    if radio.channel.kind != "ideal":
+        return SyntheticBadges(teks, _fitted_sightings(scn, radio, rng, seed, rpi_of), radio)
     step = radio.scan_every_s
     phases = rng.integers(0, step, n)
     sightings: dict[str, list[Sighting]] = {pid: [] for pid in ids}
@@ -117,3 +128,87 @@ def simulate(scn: Scenario, *, radio: RadioModel | None = None, seed: int = 1) -
             rpi, aem = rpi_of[ids[ai]][int(t) // 600]
             out.append(Sighting(int(t), rpi, aem, int(round(m)), rssi_max=int(round(m + s))))
     return SyntheticBadges(teks, sightings, radio)
+
+
+def _fitted_sightings(scn: Scenario, radio: RadioModel, rng: np.random.Generator, seed: int,
+                      rpi_of: dict) -> dict[str, list[Sighting]]:
+    """Scans through the fitted channel (see the module docstring)."""
+    ids = scn.ids
+    n = len(ids)
+    p = radio.channel
+    ch = Channel(p, seed=seed, t0=float(scn.start), horizon_s=float(scn.end - scn.start) + DAY_S)
+    step = radio.scan_every_s
+    phases = rng.uniform(0, step, n)                       # boot offsets
+    base_times = np.arange(scn.start, scn.end, step, dtype=np.float64)
+    times_of = []
+    for li in range(n):
+        jitter = rng.uniform(-p.scan_jitter_s, p.scan_jitter_s, len(base_times))
+        t = base_times + phases[li] + jitter
+        times_of.append(t[(t >= scn.start) & (t < scn.end)])
+    k = max(1, int(round(radio.adverts_per_scan * radio.p_rx)))
+    rows: dict[str, list[tuple[float, int, float, float]]] = {pid: [] for pid in ids}
+    floor = radio.tx_power_dbm - radio.sensitivity_dbm      # attenuation beyond which nothing is heard
+    margin = ch.best_case_margin_db()
+    # unordered pairs: both directions go through the pair's reciprocal slow fading in time order
+    for li in range(n):
+        for ai in range(li + 1, n):
+            per_dir = []
+            for rx_i, tx_i in ((li, ai), (ai, li)):
+                times = times_of[rx_i]
+                pos = scn.positions(times)
+                me, other = pos[:, rx_i, :], pos[:, tx_i, :]
+                present = ~(np.isnan(me[:, 0]) | np.isnan(other[:, 0]))
+                idx = np.flatnonzero(present)
+                if len(idx):
+                    d = np.maximum(distance(me[idx], other[idx]), 0.1)
+                    reach = p.att_1m() + p.slope() * np.log10(d) - margin <= floor
+                    idx, d = idx[reach], d[reach]
+                per_dir.append((rx_i, tx_i, times, me, other, idx, d))
+            if not any(len(x[5]) for x in per_dir):
+                continue
+            # one time-ordered call per pair keeps the slow processes consistent across directions
+            allt = np.concatenate([x[2][x[5]] for x in per_dir])
+            order = np.argsort(allt, kind="stable")
+            dd = np.concatenate([x[6] for x in per_dir])
+            rx_xy = np.concatenate([x[3][x[5]] for x in per_dir])
+            tx_xy = np.concatenate([x[4][x[5]] for x in per_dir])
+            wl = (walls_between(rx_xy, tx_xy, scn.walls)[1] if scn.walls else np.zeros(len(allt)))
+            dirs = np.concatenate([np.full(len(x[5]), j) for j, x in enumerate(per_dir)])
+            att = np.empty((len(allt), k))
+            # geometry in direction 0's terms (the body losses at both ends are reciprocal)
+            flip = dirs == 1
+            tx_xy[flip], rx_xy[flip] = rx_xy[flip].copy(), tx_xy[flip].copy()
+            att[order] = _pair_attenuations(ch, ids, per_dir, dirs[order], allt[order], dd[order], wl[order],
+                                            tx_xy[order], rx_xy[order], k)
+            rssi = radio.tx_power_dbm - att
+            heard = rssi >= radio.sensitivity_dbm
+            cnt = heard.sum(axis=1)
+            ok = cnt > 0
+            mean = np.where(ok, np.where(heard, rssi, 0).sum(axis=1) / np.maximum(cnt, 1), 0)
+            mx = np.where(heard, rssi, -999).max(axis=1)
+            for i in np.flatnonzero(ok):
+                rx_i, tx_i = per_dir[dirs[i]][0], per_dir[dirs[i]][1]
+                rows[ids[rx_i]].append((float(allt[i]), tx_i, float(mean[i]), float(mx[i])))
+    out: dict[str, list[Sighting]] = {pid: [] for pid in ids}
+    for pid in ids:
+        rs = sorted(rows[pid])
+        for t, ai, m, mx in rs:
+            rpi, aem = rpi_of[ids[ai]][int(t) // 600]
+            out[pid].append(Sighting(int(t), rpi, aem, int(round(m)), rssi_max=int(round(mx))))
+    return out
+
+
+def _pair_attenuations(ch: Channel, ids, per_dir, dirs, times, d, wl, tx_xy, rx_xy, k) -> np.ndarray:
+    """Attenuations [len, k] for a pair's readings in time order (both directions interleaved):
+    the pair's slow fading and body losses run once through all of them; each reading gets its
+    direction's TX and RX device offsets."""
+    (rx0, tx0, *_a), (rx1, tx1, *_b) = per_dir
+    a_ids = (ids[tx0], ids[rx0])
+    att = ch.attenuations(a_ids[0], a_ids[1], times, d, wl, tx_xy, rx_xy, n=k)
+    # attenuations() applied direction 0's device offsets to all rows: swap them for direction 1
+    b0t, b0r = ch.badge(ids[tx0]), ch.badge(ids[rx0])
+    b1t, b1r = ch.badge(ids[tx1]), ch.badge(ids[rx1])
+    if ch.p.kind != "ideal":
+        fix = (b1t.tx_off + b1r.rx_off) - (b0t.tx_off + b0r.rx_off)
+        att[dirs == 1] += fix
+    return att

@@ -19,6 +19,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from .channel import Channel, ChannelParams
+
 
 @dataclass
 class Wall:
@@ -88,6 +90,9 @@ class RadioParams:
     max_results: int = 3            # scan results per advertiser per slice (bound)
     slice_s: float = 5.0            # longest stretch of scanning reported at once
     walls: list[Wall] = field(default_factory=list)
+    # channel model (tracecode.sim.channel, docs/channel.md); None or kind "ideal" = the
+    # log-distance + clipped Gaussian model above
+    channel: ChannelParams | None = None
 
 
 @dataclass
@@ -106,6 +111,8 @@ class Medium:
         self.params = params or RadioParams()
         self.rng = random.Random(seed ^ 0x5EED)
         self.radios: list = []   # BLE hardware objects (have .badge, .segments)
+        cp = self.params.channel
+        self.channel = Channel(cp, seed=seed) if cp is not None and cp.kind != "ideal" else None
 
     def attach(self, radio) -> None:
         if radio not in self.radios:
@@ -113,6 +120,9 @@ class Medium:
 
     def max_range_m(self) -> float:
         p = self.params
+        if self.channel is not None:
+            cp = self.channel.p
+            return 10 ** ((20.0 - p.sensitivity_dbm - cp.att_1m() + self.channel.best_case_margin_db()) / cp.slope())
         margin = p.noise_db * p.noise_clip + 20.0   # + up to 20 dB of TX power
         return 10 ** ((p.rssi_1m + margin - p.sensitivity_dbm) / (10 * p.exponent))
 
@@ -130,6 +140,18 @@ class Medium:
 
     def sample_rssi(self, tx_badge, rx_badge, t: float) -> int | None:
         p = self.params
+        if self.channel is not None:
+            ax, ay = tx_badge.position(t)
+            bx, by = rx_badge.position(t)
+            d = max(0.1, math.hypot(ax - bx, ay - by))
+            extra = tx_badge.body_loss_db + rx_badge.body_loss_db
+            for w in p.walls:
+                if w.crosses(ax, ay, bx, by):
+                    extra += w.loss_db
+            att = self.channel.attenuation(tx_badge.name, rx_badge.name, t, d, extra, (ax, ay), (bx, by),
+                                           adv_channel=self.rng.randrange(3))
+            r = tx_badge.tx_power_dbm - att
+            return None if r < p.sensitivity_dbm else int(round(r))
         n = self.rng.gauss(0.0, p.noise_db) if p.noise_db > 0 else 0.0
         lim = p.noise_db * p.noise_clip
         n = max(-lim, min(lim, n))
@@ -149,6 +171,9 @@ class Medium:
         rxx, rxy = rx.position(tm)
         slack = 3.0 * (t1 - t0) / 2 + 0.5            # people move a few m/s at most
         floor = p.sensitivity_dbm - p.noise_db * p.noise_clip - p.rssi_1m + rx.body_loss_db
+        ch = self.channel
+        if ch is not None:   # the fitted channel: its own 1 m level, slope and best case
+            floor = p.sensitivity_dbm + ch.p.att_1m() - ch.best_case_margin_db() + rx.body_loss_db
         out = []
         for radio in self.radios:
             if radio is scanner or not radio.segments:
@@ -157,7 +182,8 @@ class Medium:
             txx, txy = tx.position(tm)
             # cheapest possible link (closest approach during the slice, no walls, best noise)
             d = math.hypot(txx - rxx, txy - rxy) - slack
-            if d > 1.0 and tx.tx_power_dbm - tx.body_loss_db - 10 * p.exponent * math.log10(d) < floor:
+            slope = ch.p.slope() if ch is not None else 10 * p.exponent
+            if d > 1.0 and tx.tx_power_dbm - tx.body_loss_db - slope * math.log10(d) < floor:
                 continue
             for seg in radio.segments:
                 a = max(t0, seg.start)
