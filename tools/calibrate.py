@@ -47,6 +47,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rule-constraints", action="store_true",
                     help="only settings consistent with the written ground-truth rule (15 min just inside "
                          "2 m reaches yellow, an hour at 1.2 m red), on a finer grid")
+    ap.add_argument("--rule", choices=("tracecode", "en"), default="tracecode",
+                    help="tracecode: the duration + proximity rule, rule-constrained, leave-one-scenario-out, "
+                         "beside the EN national rules on the same logs (default); en: the bucket-weight sweep")
+    ap.add_argument("--radio", default=None, help="override every scenario's radio: (ideal or fitted)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", type=Path, help="write the full result as JSON here")
     args = ap.parse_args(argv)
@@ -59,7 +63,8 @@ def main(argv=None) -> int:
             continue
         truth = groundtruth.compute(scn)
         for seed in args.seeds:
-            cases_by_scenario.setdefault(scn.name, []).append(Case(scn.name, exposures_synthetic(scn, seed=seed), truth))
+            cases_by_scenario.setdefault(scn.name, []).append(
+                Case(scn.name, exposures_synthetic(scn, seed=seed, radio=args.radio), truth))
     if len(cases_by_scenario) < 2:
         print("calibrate: need at least two scenarios with ground truth", file=sys.stderr)
         return 2
@@ -76,6 +81,8 @@ def main(argv=None) -> int:
         truth = groundtruth.GroundTruth(name, cs[0].truth.rule, pos, neg, diag)
         cases.append(Case(name, exp, truth))
     t_sim = time.monotonic() - t0
+    if args.rule == "tracecode":
+        return _tracecode(args, cases, t0, t_sim)
     configs = grid(FINE_GRID if args.rule_constraints else None)
     if args.rule_constraints:
         import math
@@ -126,6 +133,57 @@ def main(argv=None) -> int:
     print(f"current defaults {res['baseline']['thresholds_db']} / {res['baseline']['bucket_weights']}:")
     for name, m in res["baseline_figures"].items():
         print(f"  {name:<10} precision {m['precision']:.3f} recall {m['recall']:.3f}")
+    print(f"wall time: {res['wall_s']['total']} s (simulate + match {res['wall_s']['simulate_and_match']} s)")
+    return 0
+
+
+def _tracecode(args, cases, t0, t_sim) -> int:
+    from tracecode.e2e.baselines import RULES, baseline_metrics
+    from tracecode.e2e.calibrate import calibrate_tracecode, tracecode_configs
+    from tracecode.e2e.evaluate import Metrics
+    from tracecode.sim.channel import params_from
+
+    ch = params_from(args.radio)
+    configs = tracecode_configs(attenuation_at=ch.mean_attenuation)
+    res = calibrate_tracecode(cases, configs, beta=1.0 if args.beta == 2.0 else args.beta)
+    cvm = res.pop("held_out_metrics")
+    base = {c.name: baseline_metrics(c.exposures, c.truth) for c in cases}
+    pooled = {r.name: Metrics(0, 0, 0, 0) for r in RULES}
+    for c in cases:
+        for r in RULES:
+            pooled[r.name] = pooled[r.name] + base[c.name][r.name]
+    res["baselines"] = {c.name: {k: v.to_json() for k, v in base[c.name].items()} for c in cases}
+    res["baselines_pooled"] = {k: v.to_json() for k, v in pooled.items()}
+    best_name = max(pooled, key=lambda k: pooled[k].f1)
+    res["headline"] = {"tracecode_held_out_f1": round(cvm.f1, 3), "best_baseline": best_name,
+                       "best_baseline_f1": round(pooled[best_name].f1, 3),
+                       "margin": round(cvm.f1 - pooled[best_name].f1, 3)}
+    res["channel"] = ch.kind
+    res["seeds"] = args.seeds
+    res["wall_s"] = {"simulate_and_match": round(t_sim, 1), "total": round(time.monotonic() - t0, 1)}
+    if args.out:
+        args.out.write_text(json.dumps(res, indent=2))
+    if args.json:
+        json.dump(res, sys.stdout, indent=2)
+        print()
+        return 0
+    names = [r.name for r in RULES]
+    print(f"{len(cases)} scenarios x {len(args.seeds)} seeds, {ch.kind} channel; TraceCode rule: {len(configs)} "
+          f"rule-consistent settings, leave-one-scenario-out (held-out P/R/F1) vs EN rules on the same logs")
+    print(f"  {'scenario':<16} {'TraceCode':>16} " + " ".join(f"{n:>16}" for n in names))
+    for f in res["cross_validation"]:
+        b = res["baselines"][f["held_out"]]
+        print(f"  {f['held_out']:<16} {f['precision']:.2f}/{f['recall']:.2f}/{f['f1']:.2f}   " +
+              " ".join(f"  {b[n]['precision']:.2f}/{b[n]['recall']:.2f}/{b[n]['f1']:.2f}" for n in names))
+    cv = res["cross_validated"]
+    print(f"  {'pooled':<16} {cv['precision']:.2f}/{cv['recall']:.2f}/{cv['f1']:.2f}   " +
+          " ".join(f"  {pooled[n].precision:.2f}/{pooled[n].recall:.2f}/{pooled[n].f1:.2f}" for n in names))
+    h = res["headline"]
+    print(f"held-out F1 {h['tracecode_held_out_f1']} vs best EN rule ({h['best_baseline']}) {h['best_baseline_f1']}: "
+          f"margin {h['margin']:+.3f}")
+    b = res["best"]
+    print(f"best on all: gate {b['gate_db']} dB, proximity <= {b['proximity_db']} dB at quantile "
+          f"{b['proximity_quantile']}, >= {b['min_minutes']} min (red >= {b['red_minutes']} min)")
     print(f"wall time: {res['wall_s']['total']} s (simulate + match {res['wall_s']['simulate_and_match']} s)")
     return 0
 

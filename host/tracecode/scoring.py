@@ -14,6 +14,16 @@ Defaults (documented in docs/matching.md and printed by `tracecode match --json`
 * a window is at most 30 minutes; a scan stands for the time since the previous scan of the
   same key, capped at 5 minutes, and 2 minutes when unknown (the first scan of a window);
 * daily sum of window scores >= 900 (15 weighted minutes) is red, >= 300 (5) yellow.
+
+`rule="tracecode"` (`ScoringConfig.tracecode()`, the end-to-end default; docs/channel.md)
+decides from a duration and a proximity estimate per diagnosis key and day instead of the
+linear bucket sum: the time together is the EN time of the scans at most `gate_db` away; the
+proximity is a quantile of those scans' attenuations (the 15-minute-best scan when they are
+few, at least the `proximity_quantile` of all of them when there are many, so a long stay
+further away does not add up to a short close one). Yellow when the time is at least
+`min_minutes` and the proximity at most `proximity_db`; red when the time is also at least
+`red_minutes`. Under `min_minutes` of scans stays green whatever the signal (the written rule's
+first side); windows are EN's, so phones' keys and exports match unchanged.
 """
 
 from __future__ import annotations
@@ -37,6 +47,17 @@ class ScoringConfig:
     infectiousness_standard: float = 0.6
     red_threshold: float = 900.0
     yellow_threshold: float = 300.0
+    rule: str = "en"                    # "en" (bucket sums) or "tracecode" (duration + proximity)
+    gate_db: int = 66                   # tools/calibrate.py (fitted channel, all scenarios)
+    proximity_db: float = 59.0
+    proximity_quantile: float = 0.2
+    min_minutes: float = 15.0
+    red_minutes: float = 30.0
+
+    @classmethod
+    def tracecode(cls, **over) -> "ScoringConfig":
+        """TraceCode's duration + proximity rule (calibrated by tools/calibrate.py --tracecode)."""
+        return cls(rule="tracecode", **over)
 
     def bucket(self, attenuation_db: int) -> int:
         for i, t in enumerate(self.thresholds_db):
@@ -53,6 +74,9 @@ class ScoringConfig:
 
     def to_json(self) -> dict:
         d = asdict(self)
+        if self.rule != "tracecode":
+            for k in ("gate_db", "proximity_db", "proximity_quantile", "min_minutes", "red_minutes"):
+                d.pop(k)
         d["report_type_weights"] = {str(k): v for k, v in self.report_type_weights.items()}
         return d
 
@@ -71,6 +95,8 @@ class Window:
     min_attenuation: int = 255
     scans: int = 0
     score: float = 0.0
+    scan_attenuations: list[int] = field(default_factory=list)
+    scan_seconds: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -125,6 +151,8 @@ def exposure_windows(matches, cfg: ScoringConfig) -> list[Window]:
             windows.append(w)
         assert w is not None
         w.seconds[cfg.bucket(m.attenuation)] += secs
+        w.scan_attenuations.append(int(m.attenuation))
+        w.scan_seconds.append(secs)
         w.min_attenuation = min(w.min_attenuation, m.min_attenuation)
         w.end = max(w.end, m.time)
         w.scans += 1
@@ -147,9 +175,47 @@ def daily_scores(windows: list[Window]) -> dict[int, float]:
     return dict(days)
 
 
+def contact_estimate(atts, secs, cfg: ScoringConfig) -> tuple[float, float]:
+    """(seconds together, proximity estimate in dB) of one key's scans in one day."""
+    pairs = sorted((a, s) for a, s in zip(atts, secs) if a <= cfg.gate_db)
+    if not pairs:
+        return 0.0, 255.0
+    total = sum(s for _, s in pairs)
+    n = len(pairs)
+    k = 0
+    acc = 0.0
+    for k, (_, s) in enumerate(pairs):     # the scans that make up min_minutes, best first
+        acc += s
+        if acc >= 60 * cfg.min_minutes:
+            break
+    q = max((k + 1) / n, cfg.proximity_quantile)
+    idx = min(n - 1, max(0, int(round(q * n)) - 1))
+    return total, float(pairs[idx][0])
+
+
+def tracecode_code(windows: list[Window], cfg: ScoringConfig) -> str:
+    groups: dict[tuple[int, bytes], tuple[list, list]] = {}
+    for w in windows:
+        if cfg.report_type_weights.get(w.report_type, 1.0) <= 0 or cfg.infectiousness(w.dsos) <= 0:
+            continue
+        a, s = groups.setdefault((w.start // 86400, w.key_data), ([], []))
+        a.extend(w.scan_attenuations)
+        s.extend(w.scan_seconds)
+    code = "green"
+    for a, s in groups.values():
+        total, prox = contact_estimate(a, s, cfg)
+        if total >= 60 * cfg.min_minutes and prox <= cfg.proximity_db:
+            if total >= 60 * cfg.red_minutes:
+                return "red"
+            code = "yellow"
+    return code
+
+
 def health_code(windows: list[Window], cfg: ScoringConfig, diagnosed: bool = False) -> str:
     if diagnosed:
         return "red"
+    if cfg.rule == "tracecode":
+        return tracecode_code(windows, cfg)
     best = max(daily_scores(windows).values(), default=0.0)
     if best >= cfg.red_threshold:
         return "red"

@@ -144,3 +144,84 @@ def calibrate(cases: Sequence[Case], configs: Sequence[ScoringConfig] | None = N
 def _cfg_json(cfg: ScoringConfig) -> dict:
     return {"thresholds_db": list(cfg.thresholds_db), "bucket_weights": list(cfg.bucket_weights),
             "yellow_threshold": cfg.yellow_threshold, "red_threshold": cfg.red_threshold}
+
+
+# ---------------------------------------------------------------------------- TraceCode's rule
+
+TRACECODE_GRID = {
+    "gate_db": (62, 64, 66, 68, 70, 72, 75),
+    "proximity_quantile": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
+    "proximity_db": tuple(float(x) for x in range(52, 69)),
+}
+
+
+def tracecode_configs(spec: dict | None = None, *, attenuation_at=None, distance_m: float = 2.0,
+                      min_minutes: float = 15.0) -> list[ScoringConfig]:
+    """The duration + proximity rule's settings, both sides of the written rule as constraints:
+    under `min_minutes` of scans stays green (built in: the time estimate counts each scan once,
+    weight 1, threshold `min_minutes`); a stay just inside `distance_m` at the channel's median
+    attenuation goes yellow (proximity_db >= attenuation_at(0.95 d), gate_db >= proximity_db),
+    and one clearly beyond it stays green (proximity_db < attenuation_at(1.5 d))."""
+    spec = {**TRACECODE_GRID, **(spec or {})}
+    out = []
+    for g, q, p in itertools.product(spec["gate_db"], spec["proximity_quantile"], spec["proximity_db"]):
+        if p > g:
+            continue
+        if attenuation_at is not None and not (attenuation_at(0.95 * distance_m) <= p < attenuation_at(1.5 * distance_m)):
+            continue
+        out.append(ScoringConfig.tracecode(gate_db=g, proximity_quantile=q, proximity_db=p, min_minutes=min_minutes))
+    return out
+
+
+def _tc_table(cases: Sequence[Case], configs: Sequence[ScoringConfig]) -> list[list[Metrics]]:
+    """metrics[config][case], computing each (gate, quantile)'s estimates once per person."""
+    est: dict[tuple, dict] = {}
+    table = []
+    for cfg in configs:
+        k = (cfg.gate_db, cfg.proximity_quantile, cfg.min_minutes)
+        if k not in est:
+            est[k] = {j: {pid: e.estimates(cfg) for pid, e in c.exposures.items()} for j, c in enumerate(cases)}
+        row = []
+        for j, c in enumerate(cases):
+            codes = {}
+            for pid, e in c.exposures.items():
+                if e.diagnosed:
+                    codes[pid] = "red"
+                    continue
+                hit = any(t >= 60 * cfg.min_minutes and p <= cfg.proximity_db for t, p in est[k][j][pid])
+                codes[pid] = "yellow" if hit else "green"
+            row.append(metrics(codes, c.truth))
+        table.append(row)
+    return table
+
+
+def calibrate_tracecode(cases: Sequence[Case], configs: Sequence[ScoringConfig], *, beta: float = 1.0) -> dict:
+    """Leave-one-scenario-out over TraceCode's rule; the pooled held-out figure is the result."""
+    table = _tc_table(cases, configs)
+    n = len(cases)
+
+    def best(use):
+        def key(i):
+            m = _pooled(table[i][j] for j in use)
+            return (round(f_beta(m, beta), 6), round(m.precision, 6), configs[i].proximity_db)
+        return max(range(len(configs)), key=key)
+
+    folds, cv = [], Metrics(0, 0, 0, 0)
+    for held in range(n):
+        i = best([j for j in range(n) if j != held] or [held])
+        m = table[i][held]
+        cv = cv + m
+        folds.append({"held_out": cases[held].name, "chosen": _tc_json(configs[i]),
+                      **{k: v for k, v in m.to_json().items() if k in ("precision", "recall", "f1", "tp", "fp", "fn", "tn")}})
+    bi = best(list(range(n)))
+    return {"objective": f"F{beta:g} of pooled yellow-or-red", "settings_tried": len(configs),
+            "cross_validation": folds, "cross_validated": {**{k: v for k, v in cv.to_json().items()
+                                                              if k in ("precision", "recall", "f1", "tp", "fp", "fn")}},
+            "held_out_metrics": cv, "best": _tc_json(configs[bi]),
+            "best_in_sample": {c.name: table[bi][j].to_json() for j, c in enumerate(cases)}}
+
+
+def _tc_json(cfg: ScoringConfig) -> dict:
+    return {"rule": "tracecode", "gate_db": cfg.gate_db, "proximity_db": cfg.proximity_db,
+            "proximity_quantile": cfg.proximity_quantile, "min_minutes": cfg.min_minutes,
+            "red_minutes": cfg.red_minutes}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..scoring import BUCKETS, ScoringConfig, window_scans
+from ..scoring import BUCKETS, ScoringConfig, contact_estimate, window_scans
 from .groundtruth import GroundTruth
 
 POSITIVE_CODES = ("yellow", "red")
@@ -31,10 +31,16 @@ class PersonExposure:
     starts: np.ndarray          # [windows] window start (Unix s)
     ends: np.ndarray            # [windows] last scan time in the window
     diagnosed: bool = False
+    # per scan (for the duration + proximity rule): (day, key) group, attenuation, EN seconds
+    scan_group: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    scan_att: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    scan_secs: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @classmethod
     def from_matches(cls, person: str, matches, *, diagnosed: bool = False) -> "PersonExposure":
         hists, rts, dsos, starts, ends = [], [], [], [], []
+        groups: dict[tuple[int, bytes], int] = {}
+        sg, sa, ss = [], [], []
         for new, m, secs in window_scans(matches):
             if new:
                 hists.append(np.zeros(256))
@@ -44,10 +50,29 @@ class PersonExposure:
                 ends.append(m.time)
             hists[-1][min(int(m.attenuation), 255)] += secs
             ends[-1] = max(ends[-1], m.time)
+            g = groups.setdefault((starts[-1] // 86400, m.key.key_data), len(groups))
+            sg.append(g)
+            sa.append(float(m.attenuation))
+            ss.append(secs)
         hist = np.array(hists) if hists else np.zeros((0, 256))
         st = np.array(starts, dtype=np.int64)
         return cls(person, hist, np.ones(len(hists)), rts, dsos, st // 86400, st, np.array(ends, dtype=np.int64),
-                   diagnosed)
+                   diagnosed, np.array(sg, dtype=np.int64), np.array(sa), np.array(ss))
+
+    def estimates(self, cfg: ScoringConfig, offset_db: float = 0.0) -> list[tuple[float, float]]:
+        """(seconds together, proximity dB) per (day, key) group, as tracecode.scoring."""
+        out = []
+        if not len(self.scan_group):
+            return out
+        order = np.argsort(self.scan_group, kind="stable")
+        g = self.scan_group[order]
+        a = self.scan_att[order] - offset_db
+        s = self.scan_secs[order]
+        bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
+        for i in range(len(bounds) - 1):
+            lo, hi = bounds[i], bounds[i + 1]
+            out.append(contact_estimate(a[lo:hi].tolist(), s[lo:hi].tolist(), cfg))
+        return out
 
     def bucket_seconds(self, cfg: ScoringConfig) -> np.ndarray:
         """[windows, 4] seconds in immediate/near/medium/other."""
@@ -78,6 +103,14 @@ class PersonExposure:
     def health_code(self, cfg: ScoringConfig) -> str:
         if self.diagnosed:
             return "red"
+        if cfg.rule == "tracecode":
+            code = "green"
+            for total, prox in self.estimates(cfg):
+                if total >= 60 * cfg.min_minutes and prox <= cfg.proximity_db:
+                    if total >= 60 * cfg.red_minutes:
+                        return "red"
+                    code = "yellow"
+            return code
         best = max(self.daily(cfg).values(), default=0.0)
         if best >= cfg.red_threshold:
             return "red"

@@ -69,7 +69,7 @@ def _sim_path(scn: Scenario, j: int, keyframes):
 
 
 def run_fleet(scn: Scenario, work: Path, *, seed: int = 1, say=lambda m: None,
-              scoring: ScoringConfig | None = None) -> tuple[dict[str, PersonExposure], dict]:
+              scoring: ScoringConfig | None = None, radio=None) -> tuple[dict[str, PersonExposure], dict]:
     from ..sim import Fleet, RadioParams, Wall
     from ..station import flasher
     from ..station import sync as syncmod
@@ -79,19 +79,29 @@ def run_fleet(scn: Scenario, work: Path, *, seed: int = 1, say=lambda m: None,
 
     t_wall = time.monotonic()
     cfg = scoring or ScoringConfig()
-    radio = RadioParams(walls=[Wall(w.a[0], w.a[1], w.b[0], w.b[1], w.attenuation_db) for w in scn.walls])
+    from .synthetic import radio_for
+
+    model = radio_for(scn, radio)              # the scenario's radio: and board: (docs/channel.md)
+    board_name = str(scn.raw.get("board") or BOARD)
+    radio = RadioParams(walls=[Wall(w.a[0], w.a[1], w.b[0], w.b[1], w.attenuation_db) for w in scn.walls],
+                        channel=model.channel, sensitivity_dbm=model.sensitivity_dbm, p_rx=model.p_rx)
+    if model.channel.kind == "ideal":
+        radio.rssi_1m = -model.channel.ideal_att_1m_db
+        radio.exponent = model.channel.ideal_exponent
+        radio.noise_db = model.channel.ideal_noise_db
+    info_radio = {"channel": model.channel.to_json(), "board": board_name}
     fleet = Fleet(workdir=work / "fleet", seed=seed, start_unix=scn.start, radio=radio)
     db = Database(work / "station.sqlite")
     clock = fleet.unix_time
     ks = KeyServer.init(work / "keyserver", clock=clock)
-    info: dict = {"uploads": 0, "batches": [], "syncs": 0, "sync_errors": []}
+    info: dict = {"uploads": 0, "batches": [], "syncs": 0, "sync_errors": [], "radio": info_radio}
     timings: dict[str, float] = {}
     try:
         badges = {}
         for j, p in enumerate(scn.people):
-            badges[p.id] = fleet.add_badge(p.id, path=_sim_path(scn, j, p.keyframes), board=BOARD)
+            badges[p.id] = fleet.add_badge(p.id, path=_sim_path(scn, j, p.keyframes), board=board_name)
         fleet.power_on_all()
-        board = flasher.Board.load(BOARD)
+        board = flasher.Board.load(board_name)
         for pid, b in badges.items():
             opts = flasher.FlashOptions(board=board, skip_image=True, aioble_mip=False, badge_id=pid,
                                         firmware_dir=ROOT / "firmware", now=clock)

@@ -33,7 +33,7 @@ from ..scoring import ScoringConfig
 from . import groundtruth as gtmod
 from .evaluate import PersonExposure, codes_for, metrics
 from .scenario import Scenario, fmt_time, load_scenario
-from .synthetic import RadioModel, simulate
+from .synthetic import RadioModel, radio_for, simulate
 
 PUBLISH_DELAY_S = 3600      # the key server publishes an hour after a diagnosis
 
@@ -49,7 +49,7 @@ class VirtualClock:
 def scoring_from(obj: Any) -> ScoringConfig:
     """A ScoringConfig from None (defaults), a ScoringConfig, a dict, or a JSON file path."""
     if obj is None:
-        return ScoringConfig()
+        return ScoringConfig.tracecode()
     if isinstance(obj, ScoringConfig):
         return obj
     if isinstance(obj, (str, Path)):
@@ -60,7 +60,14 @@ def scoring_from(obj: Any) -> ScoringConfig:
     if not isinstance(obj, dict):
         raise InputError("scoring settings must be a JSON object")
     obj = obj.get("scoring", obj)
-    cfg = ScoringConfig()
+    cfg = ScoringConfig.tracecode() if obj.get("rule", "tracecode" if "proximity_db" in obj else "en") == "tracecode" \
+        else ScoringConfig()
+    for name in ("gate_db",):
+        if name in obj:
+            setattr(cfg, name, int(obj[name]))
+    for name in ("proximity_db", "proximity_quantile", "min_minutes", "red_minutes"):
+        if name in obj:
+            setattr(cfg, name, float(obj[name]))
     if "thresholds_db" in obj:
         cfg.thresholds_db = tuple(int(x) for x in obj["thresholds_db"])
     if "bucket_weights" in obj:
@@ -74,8 +81,10 @@ def scoring_from(obj: Any) -> ScoringConfig:
 
 
 def run_scenario(path: str | Path | Scenario, workdir: str | Path, *, mode: str = "synthetic",
-                 scoring: Any = None, seed: int = 1, radio: RadioModel | None = None,
+                 scoring: Any = None, seed: int = 1, radio: Any = None,
                  report: bool = True, progress=None) -> dict:
+    """`radio`: None = the scenario's `radio:` section (the fitted channel when it has none),
+    "ideal" / "fitted", a mapping like the section, or a RadioModel."""
     t_wall = time.monotonic()
     scn = path if isinstance(path, Scenario) else load_scenario(path)
     work = Path(workdir)
@@ -90,12 +99,16 @@ def run_scenario(path: str | Path | Scenario, workdir: str | Path, *, mode: str 
     elif mode == "fleet":
         from .fleet import run_fleet  # needs tracecode.sim + tracecode.station
 
-        exposures, extra = run_fleet(scn, work, seed=seed, say=say, scoring=cfg)
+        exposures, extra = run_fleet(scn, work, seed=seed, say=say, scoring=cfg, radio=radio)
     else:
         raise InputError(f"unknown mode {mode!r} (synthetic or fleet)")
 
     codes = codes_for(exposures, cfg)
     m = metrics(codes, truth)
+    from .baselines import RULES, baseline_metrics
+
+    base = baseline_metrics(exposures, truth)
+    best_base = max(base.values(), key=lambda b: b.f1)
     people = []
     for pid in scn.ids:
         e = exposures[pid]
@@ -119,7 +132,10 @@ def run_scenario(path: str | Path | Scenario, workdir: str | Path, *, mode: str 
         "diagnosed": [{"person": d.person, "at": fmt_time(d.at, scn.start)} for d in scn.diagnosed],
         "precision": round(m.precision, 3),
         "recall": round(m.recall, 3),
+        "f1": round(m.f1, 3),
         "metrics": m.to_json(),
+        "baselines": {r.name: {**base[r.name].to_json(), "source": r.source} for r in RULES},
+        "f1_minus_best_baseline": round(m.f1 - best_base.f1, 3),
         "scoring": cfg.to_json(),
         "health_codes": codes,
         "per_person": people,
@@ -162,7 +178,7 @@ def publish_and_match(scn: Scenario, work: Path, uploads: list[tuple[float, list
     return matches, info
 
 
-def _run_synthetic(scn: Scenario, work: Path, *, seed: int, radio: RadioModel | None, say) -> tuple[dict, dict]:
+def _run_synthetic(scn: Scenario, work: Path, *, seed: int, radio: Any, say) -> tuple[dict, dict]:
     badges = simulate(scn, radio=radio, seed=seed)
     say(f"{scn.name}: {sum(len(s) for s in badges.sightings.values())} logged sightings (synthetic radio)")
     uploads = [(d.at, badges.diagnosis_keys(d.person, d.at, report_type=d.report_type, onset_days=d.onset_days))
@@ -175,7 +191,7 @@ def _run_synthetic(scn: Scenario, work: Path, *, seed: int, radio: RadioModel | 
     return exposures, info
 
 
-def exposures_synthetic(scn: Scenario, *, seed: int = 1, radio: RadioModel | None = None) -> dict[str, PersonExposure]:
+def exposures_synthetic(scn: Scenario, *, seed: int = 1, radio: Any = None) -> dict[str, PersonExposure]:
     """Matches without the key server round trip (calibration sweeps run this many times)."""
     badges = simulate(scn, radio=radio, seed=seed)
     keys = []

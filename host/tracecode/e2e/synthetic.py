@@ -48,6 +48,47 @@ class RadioModel:
         return d
 
 
+DEFAULT_BOARD = "esp32-devkitc"
+
+
+def board_tx_power(board: str) -> int:
+    """TX power (dBm) of a board profile (boards/<name>.json): radiated and written into the AEM."""
+    import json
+
+    from ..errors import InputError
+    from ..resources import data_root
+
+    f = data_root() / "boards" / f"{board}.json"
+    try:
+        prof = json.loads(f.read_text())
+    except OSError:
+        raise InputError(f"board: no profile {board!r} (boards/{board}.json)") from None
+    return int(prof.get("tx_power_dbm", 0) or 0)
+
+
+def radio_for(scn: Scenario, override=None) -> RadioModel:
+    """The radio a scenario asks for: its `radio:` section (None = the fitted channel; "ideal"
+    = the old model; a mapping with `model:`, `environment:`, channel fields, `sensitivity_dbm`,
+    `scan_every_s`), and its `board:` (TX power). `override` (a RadioModel, ChannelParams,
+    "ideal"/"fitted" or a mapping) replaces the scenario's `radio:`."""
+    from ..sim.channel import params_from
+
+    if isinstance(override, RadioModel):
+        return override
+    spec = scn.raw.get("radio") if override is None else override
+    board = scn.raw.get("board") or DEFAULT_BOARD
+    r = RadioModel(tx_power_dbm=board_tx_power(str(board)), channel=params_from(spec))
+    r.rssi_1m_dbm = r.tx_power_dbm - r.channel.att_1m()
+    r.exponent = r.channel.slope() / 10.0
+    if isinstance(spec, dict):
+        for k in ("sensitivity_dbm", "scan_every_s", "adverts_per_scan", "p_rx"):
+            if k in spec:
+                setattr(r, k, type(getattr(r, k))(spec[k]))
+        if r.channel.kind == "ideal" and "noise_db" in spec:
+            r.noise_db = float(spec["noise_db"]) / 1.6   # a scan's mean of ~3 readings
+    return r
+
+
 @dataclass
 class SyntheticBadges:
     teks: dict[str, list[tuple[int, bytes]]]           # person -> [(rolling start interval, TEK)]
@@ -68,8 +109,8 @@ class SyntheticBadges:
         return out
 
 
-def simulate(scn: Scenario, *, radio: RadioModel | None = None, seed: int = 1) -> SyntheticBadges:
-    radio = radio or RadioModel()
+def simulate(scn: Scenario, *, radio=None, seed: int = 1) -> SyntheticBadges:
+    radio = radio_for(scn, radio)
     rng = np.random.default_rng(seed)
     ids = scn.ids
     n = len(ids)
