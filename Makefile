@@ -9,7 +9,7 @@ PORT   ?=
 IMAGE  ?=
 PORTS  := $(foreach p,$(PORT),--port $(p))
 
-.PHONY: setup demo test bench check-firmware flash sync hil clean
+.PHONY: setup demo test bench soak check-firmware flash sync hil clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench_firmware.py
 	$(BIN)/python tools/bench_fleet.py --badges 50 --days 14
 	$(BIN)/python tools/bench_sync.py
+
+# Key server under load on loopback: 2,000-connection burst + slow and hostile clients (docs/keyserver.md)
+soak: $(STAMP)
+	$(BIN)/python tools/soak_keyserver.py --connections 2000 --slow 40
 
 # Real badges: make flash IMAGE=ESP32_GENERIC.bin [BOARD=...] [PORT="/dev/ttyUSB0 /dev/ttyUSB1"]
 flash: $(STAMP)
