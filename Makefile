@@ -9,7 +9,7 @@ PORT   ?=
 IMAGE  ?=
 PORTS  := $(foreach p,$(PORT),--port $(p))
 
-.PHONY: setup demo test bench soak check-firmware flash sync hil clean
+.PHONY: setup demo test bench soak fuzz check-firmware flash sync hil clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Fault campaigns at full size (CI runs fixed-seed slices inside `make test`)
+fuzz: $(STAMP)
+	$(BIN)/python tools/campaign_db.py --runs 200 --seed 1
 
 check-firmware: $(STAMP)
 	$(BIN)/python tools/check_firmware.py

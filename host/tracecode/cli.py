@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sqlite3
 import sys
 
 from . import __version__
@@ -45,10 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json_default(obj):
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).hex()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if hasattr(obj, "to_json"):
+        return obj.to_json()
+    return str(obj)
+
+
 def print_json(obj) -> None:
-    """The one way commands write `--json` output: one document on stdout."""
-    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
+    """The one way commands write `--json` output: one document on stdout. It never fails to
+    serialise: bytes become hex, other foreign objects their str()."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, ensure_ascii=True)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
             msg += f" ({exc.hint})"
         print(msg, file=sys.stderr)
         return exc.exit_code
+    except sqlite3.DatabaseError as exc:
+        # The station layer turns damage it detects into DatabaseDamaged; this is the net
+        # under it (e.g. a page that breaks mid-query): one line, exit 2, never a traceback.
+        print(f"tracecode: error: database error: {exc} (run `tracecode db check`; "
+              "docs/station.md, \"Recovering a damaged database\")", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tracecode: interrupted", file=sys.stderr)
         return 130

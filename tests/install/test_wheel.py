@@ -95,6 +95,7 @@ def test_installed_sim_badge_boots_the_shipped_firmware(installed):
         line = badge.stdout.readline()
         assert "virtual badge running" in line, line
         url = f"socket://127.0.0.1:{port}"
+        _run([tc, "db", "init", "--db", "st.sqlite"], cwd=work)
         deadline = time.monotonic() + 20
         while True:   # the shipped firmware answers the host protocol once it has booted
             st = _run([tc, "status", "--port", url, "--db", "st.sqlite", "--json"], cwd=work,

@@ -1,5 +1,6 @@
 """Station database: schema version, idempotent commits, health-code queue, integrity check."""
 
+import json
 import os
 import sqlite3
 import struct
@@ -126,9 +127,109 @@ def test_db_check_finds_a_corrupted_record(tmp_path, capsys):
     c.execute("UPDATE encounters SET raw=? WHERE id=2", (bytes(raw),))
     c.commit()
     c.close()
-    assert main(["db", "check", "--db", str(p), "--json"]) == 1
+    assert main(["db", "check", "--db", str(p), "--json"]) == 2
     out = capsys.readouterr()
-    assert '"bad_crc"' in out.out and "database check failed" in out.err
+    assert json.loads(out.out)["bad_crc"][0]["id"] == 2 and "failed its check" in out.err
+    assert len(out.err.strip().splitlines()) == 1 and "db recover" in out.err
+
+
+def _three(p):
+    with Database(p) as db:
+        db.add_badge("b1", "devkit", os.urandom(32))
+        db.commit_pull("b1", db.start_session("b1", "p"), {DAY: (16 + 96, records(3))})
+
+
+def test_db_check_rederives_columns_from_the_raw_record(tmp_path, capsys):
+    p = tmp_path / "st.sqlite"
+    _three(p)
+    c = sqlite3.connect(p)
+    c.execute("UPDATE encounters SET rssi_mean = 0 WHERE id = 3")   # raw (and its CRC) intact
+    c.commit()
+    c.close()
+    assert main(["db", "check", "--db", str(p), "--json"]) == 2
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["bad_crc"] == [] and rep["bad_derived"] == [
+        {"id": 3, "badge": "b1", "day": DAY, "offset": 80, "columns": ["rssi_mean"]}]
+
+
+def test_missing_rows_refused_by_every_command(tmp_path, capsys):
+    p = tmp_path / "st.sqlite"
+    _three(p)
+    c = sqlite3.connect(p)
+    c.execute("DELETE FROM encounters WHERE id = 2")
+    c.commit()
+    c.close()
+    for argv in (["status"], ["sync", "--port", "socket://127.0.0.1:1"], ["db", "check"],
+                 ["db", "set-health", "b1", "red"]):
+        assert main(argv + ["--db", str(p)]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "1 synced encounter row(s) missing" in err[0] + \
+            "1 synced encounter row(s) missing" * (argv[1:2] == ["check"]), err
+    # skipped slots (bad CRC at sync time) are not "missing"
+    q = tmp_path / "skips.sqlite"
+    with Database(q) as db:
+        db.add_badge("b1", "devkit", os.urandom(32))
+        recs = records(4)
+        db.commit_pull("b1", db.start_session("b1", "p"), {DAY: (16 + 128, recs[:2] + recs[3:])})
+    assert main(["status", "--db", str(q)]) == 0
+
+
+@pytest.mark.parametrize("argv", [["status"], ["db", "check"], ["sync"], ["db", "backup"],
+                                  ["db", "set-health", "b1", "red"], ["diagnose", "--badge", "b1"]])
+def test_no_database_is_created_by_reading_commands(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRACECODE_DB", raising=False)
+    assert main(argv) == 2
+    assert "no station database at tracecode.sqlite" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    assert main(argv + ["--db", str(empty)]) == 2
+    assert "is damaged: the file is empty (0 bytes)" in capsys.readouterr().err
+    assert empty.read_bytes() == b"" and sorted(tmp_path.iterdir()) == [empty]
+
+
+def test_db_init_then_backup_and_migration_backup(tmp_path, capsys):
+    p = tmp_path / "st.sqlite"
+    assert main(["db", "init", "--db", str(p), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["schema_version"] == SCHEMA_VERSION
+    assert main(["db", "init", "--db", str(p)]) == 2        # never over an existing file
+    capsys.readouterr()
+    _three(tmp_path / "data.sqlite")
+    bak = tmp_path / "copy.bak"
+    assert main(["db", "backup", "--db", str(tmp_path / "data.sqlite"), "--out", str(bak),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["backup"] == str(bak)
+    with Database(bak, create=False) as db:
+        assert db.encounter_count("b1") == 3 and db.check()["ok"]
+    # a version-1 database (before `segments.skipped`) is backed up, then migrated
+    v1 = tmp_path / "v1.sqlite"
+    c = sqlite3.connect(v1)
+    from tracecode.station.db import MIGRATIONS, _split_sql
+    for stmt in _split_sql(MIGRATIONS[0]):
+        c.execute(stmt)
+    c.execute("PRAGMA user_version = 1")
+    c.commit()
+    c.close()
+    with Database(v1, create=False) as db:
+        assert db.schema_version == SCHEMA_VERSION
+    baks = list(tmp_path.glob("v1.sqlite.v1-*.bak"))
+    assert len(baks) == 1
+    assert sqlite3.connect(baks[0]).execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+def test_damaged_database_campaign_slice(tmp_path):
+    """CI slice of tools/campaign_db.py: 50 damaged databases, fixed seed."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "campaign_db", Path(__file__).resolve().parents[2] / "tools" / "campaign_db.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tally = mod.campaign(50, 1, tmp_path)
+    assert tally["runs"] == 50 and tally["refused"] >= 40
+    assert tally["tracebacks"] == 0 and tally["silent"] == 0 and tally["not_refused"] == 0
+    assert tally["bad_refusals"] == 0, tally["failures"][:3]
 
 
 def test_ports_by_vid_pid():

@@ -135,10 +135,10 @@ def cmd_flash(args) -> int:
                     print(f"{i:2d}. [{step.kind}] {step.text}")
         return 0
     results = []
-    Database(_db_path(args)).close()   # create / migrate once, before parallel workers
+    Database(_db_path(args), create=True).close()   # create / migrate once, before workers
     with Progress(not args.json) as prog:
         def job(p):
-            with Database(_db_path(args)) as db:
+            with Database(_db_path(args), check="none") as db:
                 def on_step(i, n, step):
                     prog.print(f"{p.device}: [{i + 1}/{n}] {step.text}")
                 return flasher.flash_badge(p, opts, db, on_step=on_step)
@@ -203,12 +203,12 @@ def _sync_line(r) -> str:
 def cmd_sync(args) -> int:
     from .sync import sync_badge
 
-    ports = portmod.resolve(args.port)
     path = _db_path(args)
-    Database(path).close()   # create / migrate once, before parallel workers
+    Database(path, create=False).close()   # checked and migrated once, before the workers
+    ports = portmod.resolve(args.port)
     with Progress(not args.json) as prog:
         def job(p):
-            with Database(path) as db:
+            with Database(path, create=False, check="none") as db:
                 return sync_badge(db, p.device, progress=prog.line(p.device),
                                   baudrate=args.baud)
         results = _serve(ports, args.parallel, job)
@@ -260,7 +260,7 @@ def _live_status(path: Path, device: str) -> dict:
     with BadgeLink(device) as link:
         st = link.status()
         st["_hello"] = link.hello
-    with Database(path) as db:
+    with Database(path, create=False, check="none") as db:
         if db.badge(link.badge_id) is not None:
             db.update_badge_status(link.badge_id, st, port=device)
     return st
@@ -270,15 +270,15 @@ def cmd_status(args) -> int:
     path = _db_path(args)
     live: dict[str, dict] = {}
     errors: list[str] = []
+    Database(path, create=False).close()   # refuses a missing or damaged database first
     if args.port or args.live:
-        Database(path).close()
         for p, r in _serve(portmod.resolve(args.port), args.parallel, lambda p: _live_status(path, p.device)):
             if isinstance(r, Exception):
                 errors.append(str(r))
             else:
                 live[str(r.get("id") or r["_hello"].get("id"))] = dict(r, port=p.device)
     rows = []
-    with Database(path) as db:
+    with Database(path, create=False, check="none") as db:
         for b in db.badges():
             bid = b["badge_id"]
             health = db.current_health(bid)
@@ -351,25 +351,71 @@ def _status_table(rows: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------------------- db
+def _print_check(rep: dict) -> None:
+    integ = rep["integrity"]
+    print(f"{rep['path']}: schema version {rep['schema_version']} (expected "
+          f"{rep['expected_schema_version']}), sqlite integrity "
+          f"{'ok' if integ == ['ok'] else '; '.join(integ[:5]) or 'unreadable'}, "
+          f"{rep['foreign_key_violations']} foreign-key violation(s), "
+          f"{rep['records']} record(s), {len(rep['bad_crc'])} bad CRC, "
+          f"{len(rep['bad_derived'])} with derived columns that disagree with the record, "
+          f"{len(rep['missing_rows'])} day(s) with missing rows")
+    for line in rep["missing_rows"][:5] + rep["errors"][:5]:
+        print(f"  {line}")
+
+
 def cmd_db(args) -> int:
-    with Database(_db_path(args), create=False) as db:
-        if args.db_command == "check":
+    from .db import RECOVERY_HINT, recover
+    from ..cli import print_json
+
+    path = _db_path(args)
+    if args.db_command == "init":
+        if path.exists():
+            raise InputError(f"{path} exists; `db init` makes a new database only",
+                             hint="`tracecode db check` inspects it")
+        with Database(path, create=True) as db:
+            doc = {"database": str(db.path), "schema_version": db.schema_version}
+        print_json(doc) if args.json else print(f"{path}: new station database "
+                                                f"(schema version {doc['schema_version']})")
+        return 0
+    if args.db_command == "recover":
+        doc = recover(path, Path(args.out))
+        if args.json:
+            print_json(doc)
+        else:
+            print(f"{args.out}: salvaged from {path}: " + ", ".join(
+                f"{n} {t}" for t, n in doc["tables"].items()) + f"; {doc['bad_records']} "
+                f"record(s) failed their CRC; {doc['acknowledged_records_lost']} record(s) "
+                "acknowledged by badges are lost; sync every badge now to pull the rest again")
+        return 0
+    if args.db_command == "check":
+        # No quick check on open: the full check below reports everything it finds.
+        with Database(path, create=False, check="none", readonly=True) as db:
             rep = db.check()
-            if args.json:
-                from ..cli import print_json
-                print_json(rep)
-            else:
-                print(f"{db.path}: schema version {rep['schema_version']} (expected "
-                      f"{rep['expected_schema_version']}), sqlite integrity "
-                      f"{'ok' if rep['integrity'] == ['ok'] else '; '.join(rep['integrity'][:5])}, "
-                      f"{rep['foreign_key_violations']} foreign-key violation(s), "
-                      f"{rep['records']} record(s), {len(rep['bad_crc'])} bad CRC")
-            if not rep["ok"]:
-                raise TraceCodeError(f"{db.path}: database check failed")
+        if args.json:
+            print_json(rep)
+        else:
+            _print_check(rep)
+        if not rep["ok"]:
+            raise InputError(f"station database {path} failed its check",
+                             hint=RECOVERY_HINT.format(path=path))
+        return 0
+    with Database(path, create=False) as db:
+        if args.db_command == "backup":
+            out = Path(args.out) if args.out else path.with_name(
+                f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.bak")
+            db.backup(out)
+            doc = {"database": str(path), "backup": str(out), "bytes": out.stat().st_size}
+            print_json(doc) if args.json else print(f"{path}: backed up to {out} "
+                                                    f"({_fmt_bytes(doc['bytes'])})")
             return 0
         if args.db_command == "set-health":
-            db.set_health_code(args.badge, args.code, args.reason or "set by hand")
-            print(f"badge {args.badge}: health code {args.code} queued for the next sync")
+            hid = db.set_health_code(args.badge, args.code, args.reason or "set by hand")
+            if args.json:
+                print_json({"badge_id": args.badge, "code": args.code, "health_id": hid,
+                            "delivered": False})
+            else:
+                print(f"badge {args.badge}: health code {args.code} queued for the next sync")
             return 0
     return 2
 
@@ -434,7 +480,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("db", help="station database maintenance")
     dsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    c = dsub.add_parser("check", help="integrity, record CRCs, schema version")
+    c = dsub.add_parser("check", help="full check: SQLite integrity, record CRCs, derived columns, missing rows, schema version")
     _add_db(c)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_db)
@@ -443,4 +489,20 @@ def register(sub) -> None:
     c.add_argument("badge")
     c.add_argument("code", choices=("green", "yellow", "red"))
     c.add_argument("--reason", default="")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_db)
+    c = dsub.add_parser("init", help="create a new, empty station database")
+    _add_db(c)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_db)
+    c = dsub.add_parser("backup", help="copy the database with SQLite's online backup API")
+    _add_db(c)
+    c.add_argument("--out", metavar="FILE", help="backup file (default: DB.<time>.bak next to it)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_db)
+    c = dsub.add_parser("recover", help="salvage a damaged database into a new file "
+                                        "(then sync every badge)")
+    _add_db(c)
+    c.add_argument("--out", metavar="FILE", required=True, help="the new database")
+    c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_db)

@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
+from urllib.parse import quote
 from typing import Iterable, Iterator
 
 from ..errors import InputError, TraceCodeError
@@ -115,6 +116,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX health_codes_badge ON health_codes(badge_id, id);
     """,
+    # 1 -> 2: per synced day, how many record slots hold no row (bad CRC, unknown type,
+    # duplicates) as of the last commit; a later shortfall beyond it means lost rows.
+    """
+    ALTER TABLE segments ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0;
+    UPDATE segments SET skipped = max(0, (synced_offset - 16) / 32 - (SELECT count(*)
+        FROM encounters e WHERE e.badge_id = segments.badge_id AND e.day = segments.day));
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -125,29 +133,185 @@ def default_path() -> Path:
     return Path(os.environ.get("TRACECODE_DB", "tracecode.sqlite"))
 
 
-class Database:
-    """The station database. Use as a context manager or call `close()`."""
+SQLITE_MAGIC = b"SQLite format 3\x00"
+TABLES = ("badges", "sync_sessions", "segments", "encounters", "diagnosed_keys", "matches",
+          "health_codes")
+RECOVERY_HINT = ("keep the file for inspection; `tracecode db recover --db {path} --out NEW` "
+                 "salvages its pairing secrets and intact records, then sync every badge "
+                 "(badges keep what was not acknowledged): docs/station.md, "
+                 "\"Recovering a damaged database\"")
 
-    def __init__(self, path: str | Path, *, create: bool = True):
+NO_SALVAGE = ("nothing in it can be salvaged: restore the newest `tracecode db backup` copy, "
+              "then sync every badge; docs/station.md, \"Recovering a damaged database\"")
+
+
+class DatabaseDamaged(InputError):
+    """The station database is damaged or is not a station database (exit 2)."""
+
+    def __init__(self, path: Path, what: str, hint: str | None = None):
+        super().__init__(f"station database {path} is damaged: {what}",
+                         hint=hint or RECOVERY_HINT.format(path=path))
+        self.path = path
+
+
+def _one_line(rows: list[str], limit: int = 3) -> str:
+    lines = [ln.strip() for r in rows for ln in str(r).splitlines()
+             if ln.strip() and not ln.startswith("*** in database")]
+    return "; ".join(lines[:limit]) + ("; ..." if len(lines) > limit else "")
+
+
+def _strict_text(path: Path):
+    def decode(b: bytes) -> str:
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DatabaseDamaged(path, "a text column is not valid UTF-8") from None
+    return decode
+
+
+class Database:
+    """The station database. Use as a context manager or call `close()`.
+
+    `create=True` makes a new database when the file does not exist (the CLI does so only for
+    `tracecode flash` and `tracecode db init`); an existing file must be a station database
+    that passes SQLite's `quick_check` and the row accounting (`accounting()`), else
+    `DatabaseDamaged` (an `InputError`, exit 2) is raised and the file is left untouched.
+    `check="none"` skips the checks (for `db check`, which reports instead of refusing).
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True, check: str = "quick",
+                 backup_before_migrate: bool = True, readonly: bool = False):
         self.path = Path(path)
-        if not create and not self.path.exists():
+        fresh = not self.path.exists()
+        if fresh and not create:
             raise InputError(f"no station database at {self.path}",
-                             hint="run `tracecode flash` first or pass --db")
-        if create and not self.path.exists():
+                             hint="run `tracecode db init` or `tracecode flash` to create one, "
+                                  "or pass --db PATH / set $TRACECODE_DB")
+        if fresh:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # The file holds pairing secrets: readable by its owner only.
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             os.close(fd)
+        elif self.path.is_dir():
+            raise InputError(f"{self.path} is a folder, not a station database")
+        else:
+            try:
+                with open(self.path, "rb") as f:
+                    head = f.read(100)
+            except OSError as exc:
+                raise InputError(f"cannot read station database {self.path}: {exc.strerror}") from None
+            if len(head) == 0:
+                raise DatabaseDamaged(self.path, "the file is empty (0 bytes)", NO_SALVAGE)
+            if head[:16] != SQLITE_MAGIC or len(head) < 100:
+                raise DatabaseDamaged(self.path, "not an SQLite database (bad file header)",
+                                      NO_SALVAGE)
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
+            mode = "ro" if readonly and not fresh else "rw"
+            self.conn = sqlite3.connect(f"file:{quote(str(self.path.resolve()))}?mode={mode}",
+                                        uri=True, timeout=30, isolation_level=None,
                                         check_same_thread=False)
+            self.conn.text_factory = _strict_text(self.path)
+            self.conn.row_factory = sqlite3.Row
+            if not fresh and check != "none":
+                self._quick_check()
+            if readonly and not fresh:
+                return
             self.conn.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.DatabaseError as exc:
-            raise InputError(f"{self.path} is not a station database ({exc})") from None
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.row_factory = sqlite3.Row
-        self.migrate()
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            version = self.schema_version
+            if not fresh and check != "none":
+                self._check_schema(version)
+            if version > 0 and version < SCHEMA_VERSION and backup_before_migrate:
+                self.backup(self.path.with_name(
+                    f"{self.path.name}.v{version}-{time.strftime('%Y%m%dT%H%M%S')}.bak"))
+            self.migrate()
+            if not fresh and check != "none":
+                bad = self.accounting()
+                if bad:
+                    raise DatabaseDamaged(self.path, bad[0] + (
+                        f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            self._close_quietly()
+            raise DatabaseDamaged(self.path, _one_line([str(exc)])) from None
+        except BaseException:
+            self._close_quietly()
+            raise
+
+    def _close_quietly(self) -> None:
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    def _quick_check(self) -> None:
+        rows = [r[0] for r in self.conn.execute("PRAGMA quick_check(5)")]
+        if rows != ["ok"]:
+            raise DatabaseDamaged(self.path, "SQLite quick_check: " + _one_line(rows))
+        # quick_check does not compare indexes with their tables: per value of its leading
+        # column, every index must count as many entries as its table has rows (one index
+        # scan and one table scan each).
+        for (table,) in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+                ).fetchall():
+            for (index,) in self.conn.execute(
+                    "SELECT name FROM pragma_index_list(?)", (table,)).fetchall():
+                col = self.conn.execute("SELECT name FROM pragma_index_info(?) WHERE seqno=0",
+                                        (index,)).fetchone()
+                if not col or not col[0]:
+                    continue
+                q = f'SELECT "{col[0]}", count(*) FROM "{table}" %s GROUP BY 1 ORDER BY 1'
+                by_table = self.conn.execute(q % "NOT INDEXED").fetchall()
+                by_index = self.conn.execute(q % f'INDEXED BY "{index}"').fetchall()
+                if [tuple(r) for r in by_table] != [tuple(r) for r in by_index]:
+                    raise DatabaseDamaged(self.path, f"index {index} disagrees with table "
+                                                     f"{table}")
+
+    def _check_schema(self, version: int) -> None:
+        names = {r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        if version == 0:
+            if names:
+                raise DatabaseDamaged(self.path, "not a station database (schema version 0 "
+                                                 "with tables: " + ", ".join(sorted(names)[:5]) + ")")
+            return
+        if version <= SCHEMA_VERSION:
+            missing = [t for t in TABLES if t not in names]
+            if missing:
+                raise DatabaseDamaged(self.path, "missing table(s) " + ", ".join(missing))
+
+    def accounting(self) -> list[str]:
+        """Rows the database says it holds but does not: every synced day's record slots
+        (32-byte records after the 16-byte header, up to its synced offset) hold a row, except
+        the `skipped` ones counted at commit time. One pass over an index: cheap enough for
+        every open."""
+        problems = []
+        for bid, day, synced, skipped, n in self.conn.execute(
+                """SELECT s.badge_id, s.day, s.synced_offset, s.skipped, (SELECT count(*)
+                     FROM encounters e WHERE e.badge_id = s.badge_id AND e.day = s.day)
+                   FROM segments s ORDER BY s.badge_id, s.day"""):
+            slots = max(0, (synced - logfmt.HEADER_SIZE) // logfmt.RECORD_SIZE)
+            if slots - n > skipped:
+                problems.append(f"badge {bid} day {day}: {slots - n - skipped} synced "
+                                f"encounter row(s) missing")
+        return problems
+
+    def backup(self, dest: str | Path) -> Path:
+        """A consistent copy through SQLite's online backup API (safe while others write)."""
+        dest = Path(dest)
+        if dest.exists():
+            raise InputError(f"{dest} exists; choose another backup file")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        out = sqlite3.connect(str(dest))
+        try:
+            self.conn.backup(out)
+        finally:
+            out.close()
+        return dest
 
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
@@ -291,6 +455,11 @@ class Database:
                        ON CONFLICT(badge_id, day) DO UPDATE SET
                          synced_offset = max(synced_offset, excluded.synced_offset)""",
                     (badge_id, day, offset))
+                c.execute(
+                    """UPDATE segments SET skipped = max(0, (synced_offset - ?) / ? - (SELECT
+                         count(*) FROM encounters e WHERE e.badge_id = segments.badge_id
+                         AND e.day = segments.day)) WHERE badge_id = ? AND day = ?""",
+                    (logfmt.HEADER_SIZE, logfmt.RECORD_SIZE, badge_id, day))
         return new, dup
 
     def mark_acked(self, badge_id: str, day: int, offset: int) -> None:
@@ -409,22 +578,191 @@ class Database:
                                  (badge_id,)).fetchall()
 
     # -- checks ---------------------------------------------------------------------------------
+    DERIVED = ("rpi", "aem", "first_seen", "duration_s", "sightings", "rssi_min", "rssi_max",
+               "rssi_mean")
+
     def check(self) -> dict:
-        """Integrity check: SQLite pages, foreign keys, every record's CRC, schema version."""
-        integrity = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
-        fk = self.conn.execute("PRAGMA foreign_key_check").fetchall()
-        bad = []
-        n = 0
-        for row in self.conn.execute("SELECT id, badge_id, day, offset, raw FROM encounters"):
-            n += 1
-            if not logfmt.crc_ok(bytes(row["raw"])):
-                bad.append({"id": row["id"], "badge": row["badge_id"], "day": row["day"],
-                            "offset": row["offset"]})
-        version = self.schema_version
-        ok = integrity == ["ok"] and not fk and not bad and version == SCHEMA_VERSION
-        return {"ok": ok, "schema_version": version, "expected_schema_version": SCHEMA_VERSION,
-                "integrity": integrity, "foreign_key_violations": len(fk),
-                "records": n, "bad_crc": bad}
+        """Full check (`tracecode db check`): SQLite's integrity_check, foreign keys, schema,
+        every record's CRC, every column derived from a record re-derived from its raw bytes,
+        and the row accounting. Never raises for damage: it is reported in the result."""
+        rep: dict = {"ok": False, "path": str(self.path), "schema_version": None,
+                     "expected_schema_version": SCHEMA_VERSION, "integrity": [],
+                     "foreign_key_violations": 0, "records": 0, "bad_crc": [],
+                     "bad_derived": [], "missing_rows": [], "errors": []}
+
+        def step(name, fn):
+            try:
+                fn()
+            except (sqlite3.DatabaseError, DatabaseDamaged, UnicodeDecodeError) as exc:
+                rep["errors"].append(f"{name}: {exc}")
+
+        def integrity():
+            rep["integrity"] = [r[0] for r in self.conn.execute("PRAGMA integrity_check(20)")]
+
+        def version():
+            rep["schema_version"] = self.schema_version
+
+        def fks():
+            rep["foreign_key_violations"] = len(self.conn.execute(
+                "PRAGMA foreign_key_check").fetchall())
+
+        def records():
+            cols = ", ".join(self.DERIVED)
+            for row in self.conn.execute(
+                    f"SELECT id, badge_id, day, offset, raw, {cols} FROM encounters ORDER BY id"):
+                rep["records"] += 1
+                where = {"id": row["id"], "badge": row["badge_id"], "day": row["day"],
+                         "offset": row["offset"]}
+                raw = row["raw"]
+                if not isinstance(raw, bytes) or not logfmt.crc_ok(raw):
+                    rep["bad_crc"].append(where)
+                    continue
+                try:
+                    e = logfmt.decode_record(raw, row["day"], row["offset"])
+                except (ValueError, TypeError):
+                    rep["bad_crc"].append(where)
+                    continue
+                want = {"rpi": e.rpi, "aem": e.aem, "first_seen": e.first_seen,
+                        "duration_s": e.duration_s, "sightings": e.count,
+                        "rssi_min": e.rssi_min, "rssi_max": e.rssi_max, "rssi_mean": e.rssi_mean}
+                got = {k: (bytes(row[k]) if isinstance(row[k], (bytes, memoryview)) else row[k])
+                       for k in self.DERIVED}
+                diff = sorted(k for k in self.DERIVED if got[k] != want[k])
+                if diff:
+                    rep["bad_derived"].append(dict(where, columns=diff))
+
+        def accounting():
+            rep["missing_rows"] = self.accounting()
+
+        for name, fn in (("integrity_check", integrity), ("schema", version),
+                         ("foreign_key_check", fks), ("records", records),
+                         ("accounting", accounting)):
+            step(name, fn)
+        rep["ok"] = (rep["integrity"] == ["ok"] and not rep["errors"]
+                     and rep["foreign_key_violations"] == 0 and not rep["bad_crc"]
+                     and not rep["bad_derived"] and not rep["missing_rows"]
+                     and rep["schema_version"] == SCHEMA_VERSION)
+        return rep
+
+
+def recover(src: str | Path, dest: str | Path) -> dict:
+    """Salvage a damaged station database into a new one at `dest`.
+
+    Every readable row is copied (row by row, skipping what SQLite cannot read); encounter
+    rows only when their raw record passes its CRC, with every derived column re-derived from
+    it. Each synced day's synced offset is lowered to what the badge acknowledged, so the
+    next sync pulls again everything the badge still holds; only records that were both
+    acknowledged by a badge and lost from the damaged file are gone (counted in the result).
+    """
+    src, dest = Path(src), Path(dest)
+    if not src.is_file():
+        raise InputError(f"no database file at {src}")
+    if dest.exists():
+        raise InputError(f"{dest} exists; recover into a new file")
+    with open(src, "rb") as f:
+        if f.read(16) != SQLITE_MAGIC:
+            raise InputError(f"{src} is not an SQLite database at all (bad or empty header); "
+                             "nothing to salvage", hint="restore a `tracecode db backup` copy")
+    conn = sqlite3.connect(f"file:{quote(str(src.resolve()))}?mode=ro", uri=True)
+    conn.text_factory = _strict_text(src)
+    conn.row_factory = sqlite3.Row
+    out = {"source": str(src), "database": str(dest), "tables": {}, "unreadable": {},
+           "bad_records": 0, "acknowledged_records_lost": 0}
+    try:
+        salvaged = {t: _salvage(conn, t) for t in TABLES}
+    finally:
+        conn.close()
+    with Database(dest, create=True) as db:
+        c = db.conn
+        cols = {t: [r[1] for r in c.execute(f"PRAGMA table_info({t})")] for t in TABLES}
+        c.execute("PRAGMA foreign_keys=OFF")
+        c.execute("BEGIN IMMEDIATE")
+        badges = set()
+        for t in ("badges", "sync_sessions", "segments", "encounters", "diagnosed_keys",
+                  "matches", "health_codes"):
+            rows, unreadable = salvaged[t]
+            kept = 0
+            for r in rows:
+                d = {k: r[k] for k in r.keys() if k in cols[t]}
+                if t != "badges" and d.get("badge_id") not in badges:
+                    continue
+                if t == "encounters":
+                    raw = d.get("raw")
+                    if not isinstance(raw, bytes) or not logfmt.crc_ok(raw):
+                        out["bad_records"] += 1
+                        continue
+                    try:
+                        e = logfmt.decode_record(raw, int(d["day"]), int(d["offset"]))
+                    except (ValueError, TypeError):
+                        out["bad_records"] += 1
+                        continue
+                    d.update(rpi=e.rpi, aem=e.aem, first_seen=e.first_seen,
+                             duration_s=e.duration_s, sightings=e.count, rssi_min=e.rssi_min,
+                             rssi_max=e.rssi_max, rssi_mean=e.rssi_mean)
+                try:
+                    c.execute(f"INSERT INTO {t} ({', '.join(d)}) VALUES "
+                              f"({', '.join('?' * len(d))})", tuple(d.values()))
+                except sqlite3.IntegrityError:
+                    continue
+                kept += 1
+                if t == "badges":
+                    badges.add(d["badge_id"])
+            out["tables"][t] = kept
+            if unreadable:
+                out["unreadable"][t] = unreadable
+        # what the badges acknowledged but the file lost cannot come back; the rest will
+        for bid, day, acked, n in c.execute(
+                """SELECT s.badge_id, s.day, s.acked_offset, (SELECT count(*) FROM encounters e
+                     WHERE e.badge_id = s.badge_id AND e.day = s.day AND e.offset < s.acked_offset)
+                   FROM segments s""").fetchall():
+            slots = max(0, (acked - logfmt.HEADER_SIZE) // logfmt.RECORD_SIZE)
+            out["acknowledged_records_lost"] += max(0, slots - n)
+        c.execute("UPDATE segments SET synced_offset = acked_offset")
+        c.execute("""UPDATE segments SET skipped = max(0, (synced_offset - 16) / 32 - (SELECT
+                       count(*) FROM encounters e WHERE e.badge_id = segments.badge_id
+                       AND e.day = segments.day AND e.offset < segments.synced_offset))""")
+        c.execute("COMMIT")
+        c.execute("PRAGMA foreign_keys=ON")
+    return out
+
+
+def _salvage(conn: sqlite3.Connection, table: str) -> tuple[list, int]:
+    """Every row of `table` SQLite can still read, in rowid order, and how many it could not
+    (rows it skipped one by one, plus one per damaged stretch it had to jump over)."""
+    rows: list = []
+    unreadable = 0
+    last = -(1 << 63)
+    for _ in range(100_000):   # bounded: each round reads on or skips past something
+        try:
+            for r in conn.execute(f"SELECT rowid AS _rowid_, * FROM {table} WHERE rowid > ? "
+                                  "ORDER BY rowid", (last,)):
+                rows.append(r)
+                last = r["_rowid_"]
+            return rows, unreadable
+        except (sqlite3.DatabaseError, DatabaseDamaged, UnicodeDecodeError):
+            pass
+        unreadable += 1
+        try:   # the next row id, read without its (maybe undecodable) columns
+            nxt = conn.execute(f"SELECT rowid FROM {table} WHERE rowid > ? ORDER BY rowid "
+                               "LIMIT 1", (last,)).fetchone()
+        except (sqlite3.DatabaseError, UnicodeDecodeError):
+            nxt = None
+            step = 1
+            while step < (1 << 62):   # jump over the damaged stretch
+                try:
+                    conn.execute(f"SELECT rowid FROM {table} WHERE rowid > ? ORDER BY rowid "
+                                 "LIMIT 1", (last + step,)).fetchone()
+                    break
+                except (sqlite3.DatabaseError, UnicodeDecodeError):
+                    step *= 2
+            last += step
+            if step >= (1 << 62):
+                return rows, unreadable
+            continue
+        if nxt is None:
+            return rows, unreadable
+        last = nxt[0]   # that row itself failed to read: skip it
+    return rows, unreadable
 
 
 def _split_sql(script: str) -> list[str]:
