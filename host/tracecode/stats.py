@@ -19,7 +19,7 @@ import json
 import math
 import urllib.parse
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -301,6 +301,7 @@ class Loaded:
     names: list[str]           # index-relative names (as a server's stats.json lists them)
     chain: dict[str, str]      # source -> "verified" | "unchecked" | "absent" | "followed"
     stats_locations: list[tuple[str, str]]   # (source, where its stats.json would be: dir or URL)
+    origins: list[str] = field(default_factory=list)   # the source each batch came from
 
 
 def load_sources(sources: Sequence[str], *, pubkeys: Sequence = (), allow_unsigned: bool = False,
@@ -347,6 +348,7 @@ def load_sources(sources: Sequence[str], *, pubkeys: Sequence = (), allow_unsign
                 raise SignatureError(f"{path}: unsigned (no export.sig); pass --allow-unsigned to count it anyway")
             out.batches.append(b)
             out.names.append(rel)
+            out.origins.append(src)
     return out
 
 
@@ -415,7 +417,7 @@ def check_server_stats(loaded: Loaded, pubkeys: Sequence) -> dict:
         except TraceCodeError as exc:
             raise SignatureError(f"{src}: no signed stats.json published ({exc})") from None
         verify_stats_signature(data, sig, keys, name=f"{src}: {STATS_FILE}")
-        idx = [i for i, _ in enumerate(loaded.batches)]
+        idx = [i for i, origin in enumerate(loaded.origins) if origin == src]
         # the batches of this source: those whose names the server's document lists
         try:
             doc = json.loads(data.decode("utf-8"))
@@ -469,14 +471,16 @@ def plot(doc: dict, path: str | Path) -> Path:
     pad = doc["padding"]
     note = pad["caveat"] if not pad["detected"] else (
         f"padding share {pad['share']:.0%}" if pad["share"] is not None else "padding: share unknown")
-    fig.text(0.01, 0.005, note[:160], fontsize=7, color="#555555")
+    import textwrap
+
+    fig.text(0.01, 0.005, "\n".join(textwrap.wrap(note, 190)[:2]), fontsize=7, color="#555555")
     if x:
         ax2.set_xlim(x[0] - _dt.timedelta(days=1), x[-1] + _dt.timedelta(days=1))
         span = (x[-1] - x[0]).days + 3
         ax2.xaxis.set_major_locator(mdates.DayLocator(interval=max(1, span // 12)))
     ax2.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
     fig.autofmt_xdate()
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, 0.045, 1, 1))
     out = Path(path)
     try:
         fig.savefig(out, dpi=100, format="png")
