@@ -42,6 +42,7 @@ DAY_S = 86_400
 # A multiplier is only claimed when at least this many distinct key-field groups agree on it.
 _MIN_GROUPS_FOR_MULTIPLIER = 8
 _MIN_PARTIAL_GROUPS = 3
+_MIN_GROUPS_VARIED = 16      # ... or this many groups of at least 3 different sizes
 # Fixed-size files: at least this many files (two thirds of all) whose key counts lie within
 # 10 % above one floor of at least _MIN_FLOOR keys.
 _MIN_FILES_FOR_FLOOR = 5
@@ -100,10 +101,15 @@ def _detect_padding(batches: Sequence[export.ExportBatch], per_file: list[list[_
         future += sum(1 for k in keys if k.rsin > limit)
     if future:
         signals.append(f"{future} keys start after the end of the file that carries them (impossible for a real upload)")
+    # Keys no EN v1.2 phone makes (its keys start on a UTC-day boundary's grid and never cross
+    # midnight): reported, not counted as padding (test files and some servers have them).
+    irregular = sum(1 for keys in per_file for k in keys
+                    if k.rsin // INTERVALS_PER_DAY != (k.rsin + k.period - 1) // INTERVALS_PER_DAY)
     # 2. A padding multiplier: every real key published with m-1 copies that differ only in key_data.
     # Many real uploaders share the fields of a full-day key, so equal group sizes alone prove
-    # nothing; partial-day keys (rolling_period < 144: today's key, a restart) are the evidence,
-    # since two real uploaders rarely share one exactly.
+    # nothing. The evidence is either partial-day keys (rolling_period < 144: today's key, a
+    # restart), whose exact fields two real uploaders rarely share, or many groups of different
+    # sizes that are all multiples of one number.
     groups: Counter = Counter()
     for n, keys in enumerate(per_file):
         for k in keys:
@@ -111,7 +117,8 @@ def _detect_padding(batches: Sequence[export.ExportBatch], per_file: list[list[_
                 groups[(n, k.rsin, k.period, k.rtype, k.trl, k.dsos)] += 1
     partial_groups = sum(1 for g in groups if g[2] < INTERVALS_PER_DAY)
     multiplier = 1
-    if len(groups) >= _MIN_GROUPS_FOR_MULTIPLIER and partial_groups >= _MIN_PARTIAL_GROUPS:
+    varied = len(groups) >= _MIN_GROUPS_VARIED and len(set(groups.values())) >= 3
+    if len(groups) >= _MIN_GROUPS_FOR_MULTIPLIER and (partial_groups >= _MIN_PARTIAL_GROUPS or varied):
         g = _gcd_all(groups.values())
         if g > 1:
             multiplier = g
@@ -146,6 +153,7 @@ def _detect_padding(batches: Sequence[export.ExportBatch], per_file: list[list[_
                   "(random key data, realistic fields, no fixed size) cannot be detected from its files, "
                   "so counts and estimates are upper bounds for such a server")
     return {"detected": bool(signals), "share": share, "multiplier": multiplier, "future_keys": future,
+            "irregular_keys": irregular,
             "min_file_keys": floor, "signals": signals, "caveat": caveat}
 
 
@@ -554,6 +562,9 @@ def _text(doc: dict) -> str:
     if pad["detected"]:
         share = "unknown" if pad["share"] is None else f"{pad['share']:.1%}"
         lines.append(f"padding: share {share}; " + "; ".join(pad["signals"]))
+    if pad.get("irregular_keys"):
+        lines.append(f"note: {pad['irregular_keys']} keys cross a UTC midnight (no EN v1.2 phone makes such keys: "
+                     "test data, or not from phones)")
     lines.append(f"padding caveat: {pad['caveat']}")
     if "server_stats" in doc:
         lines.append("server stats.json: " + ", ".join(f"{s} {v['stats_json']}" for s, v in doc["server_stats"].items()))

@@ -173,6 +173,8 @@ def test_real_example_batch(capsys):
     # two keys on two different days, neither a full day: one uploader at least
     assert doc["estimated_diagnoses"]["by_publication_day"] == {"2020-05-23": 1.0}
     assert doc["padding"]["detected"] is False and "cannot be detected" in doc["padding"]["caveat"]
+    # the 114-interval key starting at 2649866 runs past midnight: no EN v1.2 phone makes it
+    assert doc["padding"]["irregular_keys"] == 1
 
 
 def test_signed_batch_without_pubkey_is_refused_unless_allowed(capsys):
@@ -266,6 +268,22 @@ def test_padding_multiplier_detected_and_divided_out(tmp_path):
     assert pad["detected"] and pad["multiplier"] == 5
     assert pad["share"] == pytest.approx(0.8, abs=1e-4)
     assert abs(_errors(w, doc)[0]) <= 0.01
+
+
+def test_padding_multiplier_detected_from_full_day_keys_alone(tmp_path):
+    """No partial-day keys at all: the multiplier shows in groups of different sizes."""
+    w = make_world(tmp_path, seed=13, days=10, multiplier=3, today_share=0.0, rotate_share=0.0)
+    doc = _stats(w)
+    assert doc["padding"]["multiplier"] == 3 and doc["padding"]["share"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_identical_uploads_are_not_mistaken_for_padding(tmp_path):
+    """Four uploaders with identical fields every day (equal group sizes): no padding claimed."""
+    ks = _server_with_uploads(tmp_path)
+    loaded = stats.load_sources([str(ks.www)], pubkeys=[ks.public_key_path()])
+    doc = stats.compute(loaded.batches, sources=loaded.names)
+    assert doc["padding"]["detected"] is False and doc["padding"]["multiplier"] == 1
+    assert doc["estimated_diagnoses"]["by_publication_day"] == {d: 4.0 for d in doc["by_publication_day"]}
 
 
 def test_future_keys_are_padding(tmp_path):
@@ -366,6 +384,11 @@ def test_server_publishes_signed_stats_that_verify(tmp_path, capsys):
         doc2 = json.loads(capsys.readouterr().out)
         assert doc2["server_stats"][srv.url + "/"]["stats_json"] == "verified"
         assert doc2["by_publication_day"] == doc["by_publication_day"]
+        # as a plain EN server (no chain followed; signatures still verified)
+        assert main(["stats", "--exports", srv.url + "/tc/index.txt", "--pubkey", pub, "--no-chain",
+                     "--cache", str(tmp_path / "c2"), "--check-server-stats", "--json"]) == 0
+        doc3 = json.loads(capsys.readouterr().out)
+        assert doc3["by_publication_day"] == doc["by_publication_day"] and doc3["signatures"] == {"valid": 3}
 
 
 def test_altered_stats_or_signature_is_refused(tmp_path, capsys):
