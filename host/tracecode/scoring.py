@@ -53,6 +53,7 @@ class ScoringConfig:
     proximity_quantile: float = 0.2
     min_minutes: float = 15.0
     red_minutes: float = 30.0
+    bench_calibration: bool = True      # subtract the badges' bench-measured offsets (e2e runners)
 
     @classmethod
     def tracecode(cls, **over) -> "ScoringConfig":
@@ -75,7 +76,8 @@ class ScoringConfig:
     def to_json(self) -> dict:
         d = asdict(self)
         if self.rule != "tracecode":
-            for k in ("gate_db", "proximity_db", "proximity_quantile", "min_minutes", "red_minutes"):
+            for k in ("gate_db", "proximity_db", "proximity_quantile", "min_minutes", "red_minutes",
+                      "bench_calibration"):
                 d.pop(k)
         d["report_type_weights"] = {str(k): v for k, v in self.report_type_weights.items()}
         return d

@@ -150,3 +150,17 @@ def test_fitted_channel_is_the_scenario_default_end_to_end(tmp_path):
     assert res["scoring"]["rule"] == "tracecode"
     assert groundtruth.compute(scn).positives == {"b"}
     assert res["health_codes"]["b"] in ("yellow", "red")                            # an hour at 1 m
+
+
+def test_new_scenarios_put_the_borderline_cases_on_the_right_side():
+    """Ground truth (exact geometry) of the issue-11 scenarios: walls and glass block, 14 vs 17
+    minutes, 1.8 vs 2.4 m, walk-pasts stay out."""
+    gt = {n: groundtruth.compute(load_scenario(ROOT / "scenarios" / f"{n}.yaml"))
+          for n in ("tram", "restaurant", "openplan", "dormitory", "waitingroom")}
+    assert {"r05", "r06", "r10", "r11"} <= gt["restaurant"].negatives and "r12" in gt["restaurant"].positives
+    assert {"o09", "o10", "o11", "o12", "o04"} <= gt["openplan"].negatives
+    assert {"o02", "o03", "o13", "o14"} <= gt["openplan"].positives
+    assert gt["dormitory"].positives == {"m02", "m08"} and "m04" in gt["dormitory"].negatives
+    assert {"t12", "t14", "t06"} <= gt["tram"].negatives and {"t05", "t13"} <= gt["tram"].positives
+    assert {"w04", "w07", "w10"} <= gt["waitingroom"].negatives and "w05" in gt["waitingroom"].positives
+    assert radio_for(load_scenario(ROOT / "scenarios" / "tram.yaml")).channel.environment == "vehicle"

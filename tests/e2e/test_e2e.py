@@ -22,6 +22,7 @@ from tracecode.scoring import ScoringConfig, daily_scores, exposure_windows, hea
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ["office", "classroom", "bus", "carehome"]
+NEW_SCENARIOS = ["tram", "restaurant", "openplan", "dormitory", "waitingroom"]   # issue 11
 
 
 def _pair(**over) -> dict:
@@ -92,7 +93,7 @@ def test_bad_scenarios_are_one_line_errors(mutate, msg):
         load_scenario(d)
 
 
-@pytest.mark.parametrize("name", SCENARIOS)
+@pytest.mark.parametrize("name", SCENARIOS + NEW_SCENARIOS)
 def test_shipped_scenarios_have_both_classes(name):
     scn = load_scenario(ROOT / "scenarios" / f"{name}.yaml")
     gt = groundtruth.compute(scn)

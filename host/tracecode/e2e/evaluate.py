@@ -35,12 +35,16 @@ class PersonExposure:
     scan_group: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     scan_att: np.ndarray = field(default_factory=lambda: np.zeros(0))
     scan_secs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    scan_offset: np.ndarray = field(default_factory=lambda: np.zeros(0))   # bench calibration (dB)
 
     @classmethod
-    def from_matches(cls, person: str, matches, *, diagnosed: bool = False) -> "PersonExposure":
+    def from_matches(cls, person: str, matches, *, diagnosed: bool = False,
+                     offset_db=None) -> "PersonExposure":
+        """`offset_db(match)`: the bench-calibrated TX + RX offset of the scan's two badges
+        (subtracted by the TraceCode rule when `cfg.bench_calibration`)."""
         hists, rts, dsos, starts, ends = [], [], [], [], []
         groups: dict[tuple[int, bytes], int] = {}
-        sg, sa, ss = [], [], []
+        sg, sa, ss, so = [], [], [], []
         for new, m, secs in window_scans(matches):
             if new:
                 hists.append(np.zeros(256))
@@ -54,10 +58,11 @@ class PersonExposure:
             sg.append(g)
             sa.append(float(m.attenuation))
             ss.append(secs)
+            so.append(float(offset_db(m)) if offset_db is not None else 0.0)
         hist = np.array(hists) if hists else np.zeros((0, 256))
         st = np.array(starts, dtype=np.int64)
         return cls(person, hist, np.ones(len(hists)), rts, dsos, st // 86400, st, np.array(ends, dtype=np.int64),
-                   diagnosed, np.array(sg, dtype=np.int64), np.array(sa), np.array(ss))
+                   diagnosed, np.array(sg, dtype=np.int64), np.array(sa), np.array(ss), np.array(so))
 
     def estimates(self, cfg: ScoringConfig, offset_db: float = 0.0) -> list[tuple[float, float]]:
         """(seconds together, proximity dB) per (day, key) group, as tracecode.scoring."""
@@ -67,6 +72,8 @@ class PersonExposure:
         order = np.argsort(self.scan_group, kind="stable")
         g = self.scan_group[order]
         a = self.scan_att[order] - offset_db
+        if cfg.bench_calibration and len(self.scan_offset) == len(self.scan_att):
+            a = a - self.scan_offset[order]
         s = self.scan_secs[order]
         bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
         for i in range(len(bounds) - 1):

@@ -151,11 +151,18 @@ def run_fleet(scn: Scenario, work: Path, *, seed: int = 1, say=lambda m: None,
         info["keys_published"] = len(keys)
         sync_all()                                         # the last day's logs
         diagnosed = scn.diagnosed_ids()
+        from .pipeline import offsets_for
+
+        ch = fleet.medium.channel                          # bench calibration of each badge (docs/channel.md)
+        calibration = {pid: ch.bench_calibration(pid) for pid in scn.ids} if ch is not None else {}
+        # whose keys: with one diagnosed wearer all published keys are hers; else RX offsets only
+        owners = [(next(iter(diagnosed)), keys)] if len(diagnosed) == 1 else []
+        off = offsets_for(calibration, owners)
         exposures = {}
         for pid in scn.ids:
             sightings = db.sightings(pid)
             ms = match_sightings(keys, sightings, jobs=1) if keys else []
-            exposures[pid] = PersonExposure.from_matches(pid, ms, diagnosed=pid in diagnosed)
+            exposures[pid] = PersonExposure.from_matches(pid, ms, diagnosed=pid in diagnosed, offset_db=off(pid))
         codes = codes_for(exposures, cfg)
         for pid, code in codes.items():
             if pid not in diagnosed:

@@ -185,19 +185,40 @@ def _run_synthetic(scn: Scenario, work: Path, *, seed: int, radio: Any, say) -> 
                for d in scn.diagnosed]
     matches, info = publish_and_match(scn, work, uploads, badges.sightings, say=say)
     diagnosed = scn.diagnosed_ids()
-    exposures = {pid: PersonExposure.from_matches(pid, matches[pid], diagnosed=pid in diagnosed) for pid in scn.ids}
+    off = offsets_for(badges.calibration, [(d.person, ks) for d, (_, ks) in zip(scn.diagnosed, uploads)])
+    exposures = {pid: PersonExposure.from_matches(pid, matches[pid], diagnosed=pid in diagnosed, offset_db=off(pid))
+                 for pid in scn.ids}
     info["sightings"] = sum(len(s) for s in badges.sightings.values())
     info["radio"] = badges.radio.to_json()
     return exposures, info
+
+
+def offsets_for(calibration: dict, uploads):
+    """offset_db(listener) -> (match -> TX offset of the key's owner + RX offset of the listener),
+    from the badges' bench calibration; `uploads` [(owner, keys)] tells whose keys are whose
+    (the station knows which badge uploaded them)."""
+    owner = {}
+    for who, ks in uploads:
+        for k in ks:
+            owner[k.key_data] = who
+
+    def for_listener(pid):
+        rx = calibration.get(pid, (0.0, 0.0))[1]
+        return lambda m: calibration.get(owner.get(m.key.key_data), (0.0, 0.0))[0] + rx
+    return for_listener
 
 
 def exposures_synthetic(scn: Scenario, *, seed: int = 1, radio: Any = None) -> dict[str, PersonExposure]:
     """Matches without the key server round trip (calibration sweeps run this many times)."""
     badges = simulate(scn, radio=radio, seed=seed)
     keys = []
+    uploads = []
     for d in scn.diagnosed:
-        keys += badges.diagnosis_keys(d.person, d.at, report_type=d.report_type, onset_days=d.onset_days)
+        ks = badges.diagnosis_keys(d.person, d.at, report_type=d.report_type, onset_days=d.onset_days)
+        keys += ks
+        uploads.append((d.person, ks))
     diagnosed = scn.diagnosed_ids()
+    off = offsets_for(badges.calibration, [(p, ks) for p, ks in uploads])
     return {pid: PersonExposure.from_matches(pid, match_sightings(keys, badges.sightings[pid], jobs=1),
-                                             diagnosed=pid in diagnosed)
+                                             diagnosed=pid in diagnosed, offset_db=off(pid))
             for pid in scn.ids}

@@ -94,6 +94,7 @@ class SyntheticBadges:
     teks: dict[str, list[tuple[int, bytes]]]           # person -> [(rolling start interval, TEK)]
     sightings: dict[str, list[Sighting]]               # listener -> sightings, time order
     radio: RadioModel = field(default_factory=RadioModel)
+    calibration: dict[str, tuple[float, float]] = field(default_factory=dict)   # bench (TX, RX) offsets
 
     def diagnosis_keys(self, person: str, at: float, *, report_type: int = 1,
                        onset_days: int | None = 0) -> list[DiagnosisKey]:
@@ -131,7 +132,8 @@ def simulate(scn: Scenario, *, radio=None, seed: int = 1) -> SyntheticBadges:
         rpi_of[pid] = table
 
     if radio.channel.kind != "ideal":
-        return SyntheticBadges(teks, _fitted_sightings(scn, radio, rng, seed, rpi_of), radio)
+        sightings, ch = _fitted_sightings(scn, radio, rng, seed, rpi_of)
+        return SyntheticBadges(teks, sightings, radio, {pid: ch.bench_calibration(pid) for pid in ids})
     step = radio.scan_every_s
     phases = rng.integers(0, step, n)
     sightings: dict[str, list[Sighting]] = {pid: [] for pid in ids}
@@ -172,7 +174,7 @@ def simulate(scn: Scenario, *, radio=None, seed: int = 1) -> SyntheticBadges:
 
 
 def _fitted_sightings(scn: Scenario, radio: RadioModel, rng: np.random.Generator, seed: int,
-                      rpi_of: dict) -> dict[str, list[Sighting]]:
+                      rpi_of: dict) -> tuple[dict[str, list[Sighting]], Channel]:
     """Scans through the fitted channel (see the module docstring)."""
     ids = scn.ids
     n = len(ids)
@@ -236,7 +238,7 @@ def _fitted_sightings(scn: Scenario, radio: RadioModel, rng: np.random.Generator
         for t, ai, m, mx in rs:
             rpi, aem = rpi_of[ids[ai]][int(t) // 600]
             out[pid].append(Sighting(int(t), rpi, aem, int(round(m)), rssi_max=int(round(mx))))
-    return out
+    return out, ch
 
 
 def _pair_attenuations(ch: Channel, ids, per_dir, dirs, times, d, wl, tx_xy, rx_xy, k) -> np.ndarray:

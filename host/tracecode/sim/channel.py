@@ -72,6 +72,9 @@ class ChannelParams:
     tx_offset_sd_db: float = 2.5
     rx_offset_sd_db: float = 2.5
     wall_extra_sd_db: float = 1.0        # walls: extra spread per pair behind a wall
+    # a badge's TX/RX offsets measured at provisioning against a reference badge at 1 m (the
+    # station's bench check): what is left unknown after it
+    bench_calibration_sd_db: float = 1.0
     # ideal model
     ideal_exponent: float = 3.0
     ideal_noise_db: float = 4.0
@@ -233,6 +236,16 @@ class Channel:
             b.c_state = rng.choice(len(CARRY_STATES), m + 1, p=probs / probs.sum())
             self._badges[bid] = b
         return b
+
+    def bench_calibration(self, bid: str) -> tuple[float, float]:
+        """(TX, RX) offset of a badge as a provisioning bench check at 1 m measures it: the true
+        offsets plus the bench's error (sd `bench_calibration_sd_db`); zero for the ideal model."""
+        if self.ideal:
+            return 0.0, 0.0
+        b = self.badge(bid)
+        rng = np.random.default_rng([self.seed, _key(bid), 0xBE7C])
+        e = rng.normal(0, self.p.bench_calibration_sd_db, 2)
+        return b.tx_off + float(e[0]), b.rx_off + float(e[1])
 
     def carry_of(self, bid: str, t: float) -> str:
         b = self.badge(bid)
