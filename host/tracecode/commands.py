@@ -9,11 +9,21 @@ from pathlib import Path
 
 from . import en, export
 from .cli import print_json
-from .errors import InputError
+from .errors import InputError, SignatureError
 from .exports_source import collect_batches
-from .matcher import evaluate, evaluate_many, read_sightings_csv
+from .matcher import KeyOccurrences, evaluate, evaluate_many, read_sightings_table
 from .progress import progress_bar
 from .scoring import ScoringConfig
+
+_DEFAULT_THRESHOLDS = ",".join(str(t) for t in ScoringConfig().thresholds_db)
+
+
+def _utc(ts: int) -> str:
+    """A timestamp from a file, as a UTC date, or the bare number when no calendar holds it."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) + " UTC"
+    except (OverflowError, OSError, ValueError):
+        return f"{ts} (not a date)"
 
 
 def _hex(value: str, size: int | None, what: str) -> bytes:
@@ -67,13 +77,14 @@ def cmd_export_inspect(args) -> int:
     else:
         for b in results:
             print(f"{b.source}: region {b.region!r}, batch {b.batch_num}/{b.batch_size}, "
-                  f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(b.start_timestamp))} .. "
-                  f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(b.end_timestamp))} UTC, "
-                  f"{len(b.keys)} keys, {len(b.revised_keys)} revised, signature {b.signature}")
-            for k in b.keys:
-                print(f"  rsin {k.rolling_start_interval_number} period {k.rolling_period:3d} "
-                      f"type {export.REPORT_TYPES[k.report_type]} trl {k.transmission_risk_level} "
-                      f"onset {k.days_since_onset_of_symptoms}")
+                  f"{_utc(b.start_timestamp)} .. {_utc(b.end_timestamp)}, "
+                  f"{len(b.key_columns)} keys, {len(b.revised_columns)} revised, signature {b.signature}")
+            for label, cols in (("", b.key_columns), ("revised ", b.revised_columns)):
+                for i in range(len(cols)):
+                    k = cols.key(i)
+                    print(f"  {label}rsin {k.rolling_start_interval_number} period {k.rolling_period:3d} "
+                          f"type {export.REPORT_TYPES.get(k.report_type, k.report_type)} "
+                          f"trl {k.transmission_risk_level} onset {k.days_since_onset_of_symptoms}")
     for b in results:
         if b.signature == "invalid":
             print(f"tracecode: error: {b.source}: signature does not verify with the configured public key(s)", file=sys.stderr)
@@ -131,27 +142,36 @@ def cmd_match(args) -> int:
         args.exports, pubkeys=args.pubkey or (), allow_unsigned=args.allow_unsigned, cache_dir=args.cache,
         chain=not args.no_chain,
     )
-    keys = [k for b in batches for k in b.keys]
-    revised = [k for b in batches for k in b.revised_keys]
+    unchecked = [b.source for b in batches if b.signature == "unchecked"]
+    if unchecked:
+        if not args.allow_unchecked:
+            raise SignatureError(
+                f"{unchecked[0]}: signed, but no --pubkey to verify it with"
+                f"{f' (and {len(unchecked) - 1} more batches)' if len(unchecked) > 1 else ''};"
+                " pass the key server's --pubkey PEM, or --allow-unchecked to match anyway")
+        print(f"tracecode: warning: {len(unchecked)} signed batches matched without verifying their signature"
+              " (--allow-unchecked)", file=sys.stderr)
+    keys = KeyOccurrences.from_batches(batches)
+    revised = ()
     cfg = ScoringConfig()
     if args.thresholds:
         try:
             t = tuple(int(x) for x in args.thresholds.split(","))
         except ValueError:
-            raise InputError("--thresholds takes three integers, e.g. 30,50,70") from None
+            raise InputError(f"--thresholds takes three integers, e.g. {_DEFAULT_THRESHOLDS}") from None
         if len(t) != 3 or not t[0] <= t[1] <= t[2]:
-            raise InputError("--thresholds takes three ascending integers, e.g. 30,50,70")
+            raise InputError(f"--thresholds takes three ascending integers, e.g. {_DEFAULT_THRESHOLDS}")
         cfg.thresholds_db = t  # type: ignore[assignment]
     if args.db:
         return _match_db(args, batches, keys, revised, cfg)
-    sightings = read_sightings_csv(args.sightings)
+    sightings = read_sightings_table(args.sightings)
     t0 = time.perf_counter()
     with progress_bar("matching keys", enabled=None if not args.json else False) as update:
         res = evaluate(keys, sightings, revised_keys=revised, config=cfg, jobs=args.jobs, progress=update)
     dt = time.perf_counter() - t0
     if args.json:
         out = res.to_json()
-        out["batches"] = [{"file": b.source, "signature": b.signature, "keys": len(b.keys)} for b in batches]
+        out["batches"] = [{"file": b.source, "signature": b.signature, "keys": len(b.key_columns)} for b in batches]
         out["sightings"] = len(sightings)
         out["seconds"] = round(dt, 3)
         print_json(out)
@@ -191,7 +211,7 @@ def _match_db(args, batches, keys, revised, cfg) -> int:
             "badges": {b: {"health_code": r.health_code, "exposures": [w.to_json() for w in r.windows],
                            "matched_sightings": len(r.matches), "sightings": len(logs[b])}
                        for b, r in results.items()},
-            "batches": [{"file": b.source, "signature": b.signature, "keys": len(b.keys)} for b in batches],
+            "batches": [{"file": b.source, "signature": b.signature, "keys": len(b.key_columns)} for b in batches],
             "seconds": round(dt, 3),
             "scoring": cfg.to_json(),
         })
@@ -255,9 +275,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--sightings", metavar="CSV", help="CSV with header time,rpi,aem,rssi")
     src.add_argument("--db", metavar="SQLITE", help="match every badge synced into this station database")
     mt.add_argument("--pubkey", action="append", metavar="PEM", help="public key to verify batches (repeatable)")
-    mt.add_argument("--allow-unsigned", action="store_true")
-    mt.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
-    mt.add_argument("--thresholds", help="attenuation thresholds in dB, default 30,50,70")
+    mt.add_argument("--allow-unsigned", action="store_true", help="accept batches without export.sig")
+    mt.add_argument("--allow-unchecked", action="store_true",
+                    help="match signed batches without verifying them when no --pubkey is given (warns)")
+    mt.add_argument("--jobs", type=int, default=None,
+                    help="threads for the native kernel, processes for the Python path (default: all cores)")
+    mt.add_argument("--thresholds", help=f"attenuation thresholds in dB, default {_DEFAULT_THRESHOLDS}")
     mt.add_argument("--cache", default=None, metavar="DIR", help="download cache for key-server URLs")
     mt.add_argument("--no-chain", action="store_true",
                     help="follow a plain EN key server that publishes no hash-chain records")

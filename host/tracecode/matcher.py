@@ -17,6 +17,7 @@ A candidate becomes a match only when (protocol.md sections 4-5):
 from __future__ import annotations
 
 import csv
+import io
 import multiprocessing
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ import numpy as np
 
 from . import en, native
 from .errors import InputError
-from .export import REVOKED, DiagnosisKey
+from .export import REVOKED, DiagnosisKey, ExportBatch, KeyColumns
 from .scoring import ScoringConfig, Window, daily_scores, exposure_windows, health_code
 
 MATCH_WINDOW_INTERVALS = 12
@@ -97,19 +98,212 @@ class MatchResult:
         }
 
 
+# ----------------------------------------------------------------------------- sightings
+
+
+class SightingTable:
+    """Sightings as columns: `time` (int64), `rpi` (16 bytes each, one buffer), `aem` (4 bytes
+    each), `rssi`, `rssi_max`, `duration_s` (int32; `has_rssi_max`/`has_duration` say which are
+    given). The matcher reads these; `Sighting` objects are made only for what it reports."""
+
+    __slots__ = ("time", "rpi", "aem", "rssi", "rssi_max", "has_rssi_max", "duration_s", "has_duration")
+
+    def __init__(self, time, rpi: bytes, aem: bytes, rssi, rssi_max=None, has_rssi_max=None,
+                 duration_s=None, has_duration=None):
+        self.time = np.asarray(time, dtype=np.int64)
+        n = len(self.time)
+        self.rpi = bytes(rpi)
+        self.aem = bytes(aem)
+        self.rssi = np.asarray(rssi, dtype=np.int32)
+        self.rssi_max = np.zeros(n, np.int32) if rssi_max is None else np.asarray(rssi_max, dtype=np.int32)
+        self.has_rssi_max = np.zeros(n, bool) if has_rssi_max is None else np.asarray(has_rssi_max, dtype=bool)
+        self.duration_s = np.zeros(n, np.int32) if duration_s is None else np.asarray(duration_s, dtype=np.int32)
+        self.has_duration = np.zeros(n, bool) if has_duration is None else np.asarray(has_duration, dtype=bool)
+        if len(self.rpi) != 16 * n or len(self.aem) != 4 * n or any(
+                len(a) != n for a in (self.rssi, self.rssi_max, self.has_rssi_max, self.duration_s, self.has_duration)):
+            raise ValueError("sighting columns of different lengths")
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+    @classmethod
+    def from_sightings(cls, sightings: Iterable[Sighting]) -> "SightingTable":
+        ss = sightings if isinstance(sightings, list) else list(sightings)
+        return cls(
+            [s.time for s in ss], b"".join(s.rpi for s in ss), b"".join(s.aem for s in ss), [s.rssi for s in ss],
+            [s.rssi_max or 0 for s in ss], [s.rssi_max is not None for s in ss],
+            [s.duration_s or 0 for s in ss], [s.duration_s is not None for s in ss],
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence["SightingTable"]) -> "SightingTable":
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return cls([], b"", b"", [])
+        return cls(np.concatenate([p.time for p in parts]), b"".join(p.rpi for p in parts),
+                   b"".join(p.aem for p in parts),
+                   *(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__slots__[3:]))
+
+    def sighting(self, i: int) -> Sighting:
+        return Sighting(int(self.time[i]), self.rpi[16 * i : 16 * i + 16], self.aem[4 * i : 4 * i + 4],
+                        int(self.rssi[i]), int(self.rssi_max[i]) if self.has_rssi_max[i] else None,
+                        int(self.duration_s[i]) if self.has_duration[i] else None)
+
+    def to_sightings(self) -> list[Sighting]:
+        return [self.sighting(i) for i in range(len(self))]
+
+
+def _as_table(sightings) -> SightingTable:
+    return sightings if isinstance(sightings, SightingTable) else SightingTable.from_sightings(sightings)
+
+
 # ----------------------------------------------------------------------------- keys
+#
+# A key (key_data) may appear several times: in several batches, in `keys` and in
+# `revised_keys`, with different rolling periods or starts. What that means is a rule, not the
+# order of the files (docs/matching.md):
+# * REVOKED anywhere (either field, any batch) wins: the key produces nothing.
+# * Its RPIs are looked up over the union of all its occurrences' [start, start + period).
+# * Report type, transmission risk and days since onset come from the latest occurrence:
+#   later = a later batch (start_timestamp, then batch_num), and within one batch
+#   `revised_keys` after `keys`. Equally late occurrences (the same key twice in one field, or
+#   two batches with the same start and number) are decided by their values: the smallest
+#   (report type, transmission risk, days since onset; absent onset first).
+
+
+class KeyOccurrences:
+    """Every published occurrence of every key (columns) with its lateness `rank`."""
+
+    __slots__ = ("cols", "rank")
+
+    def __init__(self, cols: KeyColumns, rank):
+        self.cols = cols
+        self.rank = np.asarray(rank, dtype=np.int64)
+        if len(self.rank) != len(cols):
+            raise ValueError("one rank per key")
+
+    def __len__(self) -> int:
+        return len(self.cols)
+
+    @classmethod
+    def from_keys(cls, keys: Iterable[DiagnosisKey], revised: Iterable[DiagnosisKey] = ()) -> "KeyOccurrences":
+        k = KeyColumns.from_keys(keys)
+        r = KeyColumns.from_keys(revised)
+        return cls(KeyColumns.concat([k, r]), np.r_[np.zeros(len(k), np.int64), np.ones(len(r), np.int64)])
+
+    @classmethod
+    def from_batches(cls, batches: Sequence[ExportBatch]) -> "KeyOccurrences":
+        order = sorted({(b.start_timestamp, b.batch_num) for b in batches})
+        rank_of = {o: i for i, o in enumerate(order)}
+        parts, ranks = [], []
+        for b in batches:
+            r = 2 * rank_of[(b.start_timestamp, b.batch_num)]
+            for field_rank, cols in ((r, b.key_columns), (r + 1, b.revised_columns)):
+                if len(cols):
+                    parts.append(cols)
+                    ranks.append(np.full(len(cols), field_rank, np.int64))
+        if not parts:
+            return cls(KeyColumns.empty(), [])
+        return cls(KeyColumns.concat(parts), np.concatenate(ranks))
+
+
+class ResolvedKeys:
+    """What the kernel scans: one entry per disjoint validity range of a usable key.
+
+    `teks` (16 bytes an entry), `start`, `period` (uint32) and `rep`, the index of the
+    occurrence whose report type etc. the entry carries."""
+
+    __slots__ = ("teks", "start", "period", "rep", "occ", "keys_in", "keys_unique", "keys_revoked")
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def key(self, i: int) -> DiagnosisKey:
+        k = self.occ.cols.key(int(self.rep[i]))
+        return DiagnosisKey(k.key_data, int(self.start[i]), int(self.period[i]), k.report_type,
+                            k.transmission_risk_level, k.days_since_onset_of_symptoms)
+
+
+def resolve_keys(occ: KeyOccurrences) -> ResolvedKeys:
+    """Apply the rule above (vectorised: the cost is a sort of the keys' first 8 bytes)."""
+    cols = occ.cols
+    n = len(cols)
+    out = ResolvedKeys()
+    out.occ = occ
+    out.keys_in = n
+    kv = np.frombuffer(cols.key_data, dtype=">u8").reshape(n, 2) if n else np.zeros((0, 2), ">u8")
+    hi = kv[:, 0]
+    order = np.argsort(hi, kind="stable")
+    hs = hi[order]
+    shared = np.zeros(n, bool)
+    if n > 1:
+        eq = hs[1:] == hs[:-1]
+        shared[1:] |= eq
+        shared[:-1] |= eq
+    single = np.sort(order[~shared])
+    multi = order[shared]
+    single_revoked = cols.report_type[single] == REVOKED
+    s_keep = single[~single_revoked]
+    starts = [cols.start[s_keep].astype(np.int64)]
+    ends = [starts[0] + cols.period[s_keep]]
+    reps = [s_keep]
+    unique = len(single)
+    revoked = int(single_revoked.sum())
+    if len(multi):
+        m = multi
+        lo_m, hi_m = kv[m, 1], kv[m, 0]
+        # groups of equal key_data, each sorted by start
+        o = np.lexsort((cols.start[m], lo_m, hi_m))
+        m = m[o]
+        lo_m, hi_m = lo_m[o], hi_m[o]
+        new_group = np.ones(len(m), bool)
+        new_group[1:] = (lo_m[1:] != lo_m[:-1]) | (hi_m[1:] != hi_m[:-1])
+        gid = np.cumsum(new_group) - 1
+        g_first = np.flatnonzero(new_group)
+        unique += len(g_first)
+        g_revoked = np.logical_or.reduceat(cols.report_type[m] == REVOKED, g_first)
+        revoked += int(g_revoked.sum())
+        # representative: the latest occurrence, ties by the smallest values
+        dso = np.where(cols.has_onset[m], cols.days_since_onset[m].astype(np.int64), -(1 << 40))
+        o2 = np.lexsort((dso, cols.transmission_risk[m], cols.report_type[m], -occ.rank[m], gid))
+        rep_of_group = m[o2[np.flatnonzero(np.r_[True, gid[o2][1:] != gid[o2][:-1]])]]
+        # union of ranges: merge overlapping or adjacent ranges within a group
+        st = cols.start[m].astype(np.int64)
+        en_ = st + cols.period[m]
+        off = gid.astype(np.int64) << 34
+        run_end = np.maximum.accumulate(en_ + off)
+        new_run = new_group.copy()
+        new_run[1:] |= (st[1:] + off[1:]) > run_end[:-1]
+        r_first = np.flatnonzero(new_run)
+        r_start = st[r_first]
+        r_end = np.maximum.reduceat(en_, r_first)
+        r_gid = gid[r_first]
+        keep = ~g_revoked[r_gid]
+        starts.append(r_start[keep])
+        ends.append(r_end[keep])
+        reps.append(rep_of_group[r_gid[keep]])
+    rep = np.concatenate(reps).astype(np.int64)
+    start = np.concatenate(starts)
+    end = np.concatenate(ends)
+    # a deterministic entry order (by key, then start), whatever the input order
+    kd = np.frombuffer(cols.key_data, dtype="V16") if n else np.zeros(0, "V16")
+    teks = kd[rep]
+    o3 = np.lexsort((start, kv[rep, 1], kv[rep, 0])) if len(rep) else np.zeros(0, np.int64)
+    out.rep = rep[o3]
+    out.teks = teks[o3].tobytes()
+    out.start = np.ascontiguousarray(start[o3], dtype="=u4")
+    out.period = np.ascontiguousarray((end - start)[o3], dtype="=u4")
+    out.keys_unique = unique
+    out.keys_revoked = revoked
+    return out
 
 
 def dedupe_keys(keys: Iterable[DiagnosisKey], revised: Iterable[DiagnosisKey] = ()) -> tuple[list[DiagnosisKey], int]:
-    """One entry per key_data; a revision replaces the original; REVOKED drops the key.
-
-    Returns (usable keys, number revoked)."""
-    keys = keys if isinstance(keys, list) else list(keys)
-    # The first occurrence of a key wins (built from the end so that it is the one kept).
-    latest: dict[bytes, DiagnosisKey] = {k.key_data: k for k in reversed(keys)}
-    latest.update((k.key_data, k) for k in revised)
-    usable = [k for k in latest.values() if k.report_type != REVOKED]
-    return usable, len(latest) - len(usable)
+    """The usable keys after the rule above, as objects (one per validity range), and the
+    number of distinct keys revoked."""
+    r = resolve_keys(KeyOccurrences.from_keys(keys, revised))
+    return [r.key(i) for i in range(len(r))], r.keys_revoked
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -122,45 +316,89 @@ def _prefixes(buf: bytes) -> np.ndarray:
     return np.frombuffer(buf, dtype="<u8")[0::2]
 
 
-def _build_table(heard: Iterable[bytes]) -> np.ndarray:
-    table = np.zeros(1 << _TABLE_BITS, dtype=bool)
-    rpis = b"".join(heard)
-    if rpis:
-        table[_prefixes(rpis) & _TABLE_MASK] = True
-    return table
-
-
-def _scan_chunk(chunk: Sequence[tuple[bytes, int, int]], base: int) -> list[tuple[int, int, bytes]]:
-    """Hits (key index, interval, rpi) of a chunk of (tek, start, period) keys."""
+def _scan_range(lo: int, hi: int) -> tuple[np.ndarray, bytes]:
+    """Hits of entries lo..hi-1: ((n, 2) array of (entry, interval), RPIs buffer)."""
+    keys: ResolvedKeys = _STATE["keys"]
     index = _STATE.get("native")
-    if index is not None:  # native kernel (tracecode.native): same hits, same order
-        return index.scan(chunk, base)
+    if index is not None:  # native kernel: same hits, same order
+        return index.scan_columns(keys.teks, keys.start, keys.period, lo, hi)
     table: np.ndarray = _STATE["table"]
-    heard: set = _STATE["heard"]
-    rpik = en.rpik
-    aes = en.aes_ecb
-    run = en.padded_run
+    heard: np.ndarray = _STATE["heard"]  # sorted S16
     parts = []
-    offsets = np.empty(len(chunk) + 1, dtype=np.int64)
-    n = 0
-    for i, (tek, start, period) in enumerate(chunk):
-        offsets[i] = n
-        parts.append(aes(rpik(tek), run(start, period)))
-        n += period
-    offsets[len(chunk)] = n
+    counts = keys.period[lo:hi].astype(np.int64)
+    for i in range(lo, hi):
+        tek = keys.teks[16 * i : 16 * i + 16]
+        start, period = int(keys.start[i]), int(keys.period[i])
+        rk = en.rpik(tek)
+        for off in range(0, period, 144):
+            parts.append(en.aes_ecb(rk, en.padded_run(start + off, min(144, period - off))))
     buf = b"".join(parts)
+    offsets = np.r_[0, np.cumsum(counts)]
     cand = np.flatnonzero(table[_prefixes(buf) & _TABLE_MASK])
-    hits = []
-    for block in cand.tolist():
-        r = buf[16 * block : 16 * block + 16]
-        if r in heard:
+    pairs, rpis = [], []
+    if len(cand):
+        blocks = np.frombuffer(buf, dtype="S16")[cand]
+        pos = np.searchsorted(heard, blocks)
+        found = (pos < len(heard)) & (heard[np.minimum(pos, len(heard) - 1)] == blocks) if len(heard) else np.zeros(len(cand), bool)
+        for block in cand[found].tolist():
             ki = int(np.searchsorted(offsets, block, side="right")) - 1
-            hits.append((base + ki, chunk[ki][1] + block - int(offsets[ki]), r))
-    return hits
+            pairs.append((lo + ki, int(keys.start[lo + ki]) + block - int(offsets[ki])))
+            rpis.append(buf[16 * block : 16 * block + 16])
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2), b"".join(rpis)
 
 
 def _worker(args):
-    return _scan_chunk(*args)
+    return _scan_range(*args)
+
+
+def candidates_resolved(
+    keys: ResolvedKeys,
+    heard_rpis: bytes,
+    *,
+    jobs: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, bytes]:
+    """(entry, interval) pairs and RPIs of every derived RPI that is among `heard_rpis`."""
+    jobs = jobs or os.cpu_count() or 1
+    _STATE["keys"] = keys
+    _STATE["native"] = index = native.HeardIndex(heard_rpis) if native.available() else None
+    if index is None:
+        table = np.zeros(1 << _TABLE_BITS, dtype=bool)
+        if heard_rpis:
+            table[_prefixes(heard_rpis) & _TABLE_MASK] = True
+        _STATE["table"] = table
+        _STATE["heard"] = np.unique(np.frombuffer(heard_rpis, dtype="S16"))
+    n = len(keys)
+    tasks = [(i, min(n, i + CHUNK_KEYS)) for i in range(0, n, CHUNK_KEYS)]
+    pair_parts: list[np.ndarray] = []
+    rpi_parts: list[bytes] = []
+    done = 0
+
+    def take(t, res):
+        nonlocal done
+        pair_parts.append(np.asarray(res[0], dtype=np.int64).reshape(-1, 2))
+        rpi_parts.append(res[1])
+        done += t[1] - t[0]
+        if progress:
+            progress(done, n)
+
+    try:
+        if jobs <= 1 or len(tasks) <= 1:
+            for t in tasks:
+                take(t, _worker(t))
+        elif index is not None:  # the native kernel releases the GIL: threads, no fork/pickling
+            with ThreadPoolExecutor(jobs) as tpool:
+                for t, res in zip(tasks, tpool.map(_worker, tasks)):
+                    take(t, res)
+        else:
+            ctx = multiprocessing.get_context("fork")
+            with ctx.Pool(jobs) as pool:
+                for t, res in zip(tasks, pool.imap(_worker, tasks)):
+                    take(t, res)
+    finally:
+        _STATE.clear()
+    pairs = np.concatenate(pair_parts) if pair_parts else np.zeros((0, 2), np.int64)
+    return pairs, b"".join(rpi_parts)
 
 
 def candidates(
@@ -170,88 +408,92 @@ def candidates(
     jobs: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[tuple[int, int, bytes]]:
-    """(key index, interval, rpi) for every derived RPI that was heard."""
-    jobs = jobs or os.cpu_count() or 1
-    _STATE["heard"] = heard
-    _STATE["native"] = index = native.HeardIndex(heard) if native.available() else None
-    _STATE["table"] = _build_table(heard) if index is None else None
-    tuples = [(k.key_data, k.rolling_start_interval_number, k.rolling_period) for k in keys]
-    tasks = [(tuples[i : i + CHUNK_KEYS], i) for i in range(0, len(tuples), CHUNK_KEYS)]
-    hits: list[tuple[int, int, bytes]] = []
-    done = 0
-    try:
-        if jobs <= 1 or len(tasks) <= 1:
-            for t in tasks:
-                hits.extend(_worker(t))
-                done += len(t[0])
-                if progress:
-                    progress(done, len(tuples))
-        elif index is not None:  # the native kernel releases the GIL: threads, no fork/pickling
-            with ThreadPoolExecutor(jobs) as tpool:
-                for t, res in zip(tasks, tpool.map(_worker, tasks)):
-                    hits.extend(res)
-                    done += len(t[0])
-                    if progress:
-                        progress(done, len(tuples))
-        else:
-            ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(jobs) as pool:
-                for t, res in zip(tasks, pool.imap(_worker, tasks)):
-                    hits.extend(res)
-                    done += len(t[0])
-                    if progress:
-                        progress(done, len(tuples))
-    finally:
-        _STATE.clear()
-    return hits
+    """(key index, interval, rpi) for every derived RPI of `keys` (taken as they are, no
+    deduplication) that was heard."""
+    cols = KeyColumns.from_keys(keys)
+    r = ResolvedKeys()
+    r.occ = KeyOccurrences(cols, np.zeros(len(cols)))
+    r.rep = np.arange(len(cols))
+    r.teks, r.start, r.period = cols.key_data, cols.start, cols.period
+    r.keys_in = r.keys_unique = len(cols)
+    r.keys_revoked = 0
+    pairs, rpis = candidates_resolved(r, b"".join(heard), jobs=jobs, progress=progress)
+    return [(int(k), int(i), rpis[16 * n : 16 * n + 16]) for n, (k, i) in enumerate(pairs.tolist())]
 
 
 # ----------------------------------------------------------------------------- matching
 
 
+def _occurrences(keys, revised_keys) -> KeyOccurrences:
+    if isinstance(keys, KeyOccurrences):
+        return keys
+    if isinstance(keys, KeyColumns):
+        keys = keys.to_keys()
+    return KeyOccurrences.from_keys(keys, revised_keys)
+
+
 def match(
-    keys: Iterable[DiagnosisKey],
-    sightings: Sequence[Sighting],
+    keys,
+    sightings,
     *,
     revised_keys: Iterable[DiagnosisKey] = (),
     jobs: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     stats: MatchStats | None = None,
 ) -> list[Match]:
-    keys = list(keys)
+    """Matches of `keys` (DiagnosisKeys, or `KeyOccurrences` from batches) in `sightings`
+    (`Sighting`s or a `SightingTable`), ordered by time, key, interval and sighting."""
     stats = stats if stats is not None else MatchStats()
-    stats.keys_in = len(keys)
-    usable, stats.keys_revoked = dedupe_keys(keys, revised_keys)
-    stats.keys_unique = len(usable) + stats.keys_revoked
-    by_rpi: dict[bytes, list[int]] = {}
-    for i, s in enumerate(sightings):
-        by_rpi.setdefault(s.rpi, []).append(i)
-    hits = candidates(usable, set(by_rpi), jobs=jobs, progress=progress)
-    stats.candidates = len(hits)
+    occ = _occurrences(keys, revised_keys)
+    res = resolve_keys(occ)
+    stats.keys_in = res.keys_in
+    stats.keys_revoked = res.keys_revoked
+    stats.keys_unique = res.keys_unique
+    table = _as_table(sightings)
+    pairs, rpis = candidates_resolved(res, table.rpi, jobs=jobs, progress=progress)
+    stats.candidates = len(pairs)
     out: list[Match] = []
+    if not len(pairs):
+        stats.matches = 0
+        return out
+    # the sightings of each hit RPI (hits are few; one vectorised pass over the sightings)
+    hit_rpis = {rpis[16 * i : 16 * i + 16] for i in range(len(pairs))}
+    s_hi = np.frombuffer(table.rpi, dtype="<u8")[0::2]
+    h_hi = np.array([int.from_bytes(r[:8], "little") for r in hit_rpis], dtype="<u8")
+    by_rpi: dict[bytes, list[int]] = {}
+    for si in np.flatnonzero(np.isin(s_hi, h_hi)).tolist():
+        r = table.rpi[16 * si : 16 * si + 16]
+        if r in hit_rpis:
+            by_rpi.setdefault(r, []).append(si)
     aemk_cache: dict[bytes, bytes] = {}
-    for ki, interval, r in hits:
-        key = usable[ki]
-        for si in by_rpi[r]:
-            s = sightings[si]
-            if abs(en.enin(s.time) - interval) > MATCH_WINDOW_INTERVALS:
+    key_cache: dict[int, DiagnosisKey] = {}
+    for n, (ki, interval) in enumerate(pairs.tolist()):
+        r = rpis[16 * n : 16 * n + 16]
+        key = key_cache.get(ki)
+        if key is None:
+            key = key_cache[ki] = res.key(ki)
+        for si in by_rpi.get(r, ()):
+            t = int(table.time[si])
+            if abs(en.enin(t) - interval) > MATCH_WINDOW_INTERVALS:
                 stats.rejected_time += 1
                 continue
             k_aem = aemk_cache.get(key.key_data)
             if k_aem is None:
                 k_aem = aemk_cache[key.key_data] = en.aemk(key.key_data)
-            meta = en.decrypt_aem(k_aem, r, s.aem)
+            meta = en.decrypt_aem(k_aem, r, table.aem[4 * si : 4 * si + 4])
             tx = meta[1] - 256 if meta[1] > 127 else meta[1]
             if not TX_POWER_MIN <= tx <= TX_POWER_MAX:
                 stats.rejected_tx_power += 1
                 continue
-            att = max(0, tx - s.rssi)
-            min_att = max(0, tx - (s.rssi_max if s.rssi_max is not None else s.rssi))
-            out.append(Match(key, interval, s.time, r, tx, s.rssi, att, min_att, s.duration_s, si))
-    out.sort(key=lambda m: (m.time, m.key.key_data))
+            rssi = int(table.rssi[si])
+            rssi_max = int(table.rssi_max[si]) if table.has_rssi_max[si] else rssi
+            att = max(0, tx - rssi)
+            min_att = max(0, tx - rssi_max)
+            dur = int(table.duration_s[si]) if table.has_duration[si] else None
+            out.append(Match(key, interval, t, r, tx, rssi, att, min_att, dur, si))
+    out.sort(key=lambda m: (m.time, m.key.key_data, m.interval, m.sighting_index))
     stats.matches = len(out)
     return out
-
 
 def evaluate(
     keys: Iterable[DiagnosisKey],
@@ -291,16 +533,17 @@ def evaluate_many(
     """`evaluate` for many logs (one per badge) at the cost of one key derivation pass."""
     cfg = config or ScoringConfig()
     diagnosed = set(diagnosed)
-    owners: list[str] = []
-    merged: list[Sighting] = []
-    for name, log in logs.items():
-        merged.extend(log)
-        owners.extend([name] * len(log))
+    names = list(logs)
+    tables = [_as_table(logs[n]) for n in names]
+    bounds = np.cumsum([len(t) for t in tables])
     stats = MatchStats()
-    matches = match(keys, merged, revised_keys=revised_keys, jobs=jobs, progress=progress, stats=stats)
+    matches = match(keys, SightingTable.concat(tables), revised_keys=revised_keys, jobs=jobs, progress=progress,
+                    stats=stats)
     per: dict[str, list[Match]] = {name: [] for name in logs}
     for m in matches:
-        per[owners[m.sighting_index]].append(m)
+        owner = int(np.searchsorted(bounds, m.sighting_index, side="right"))
+        m.sighting_index -= int(bounds[owner - 1]) if owner else 0
+        per[names[owner]].append(m)
     out = {}
     for name, ms in per.items():
         windows = exposure_windows(ms, cfg)
@@ -313,37 +556,103 @@ def evaluate_many(
 # ----------------------------------------------------------------------------- CSV
 
 
-def read_sightings_csv(path: str | Path) -> list[Sighting]:
-    """`time,rpi,aem,rssi` (Unix seconds, hex, hex, dBm); optional `rssi_max,duration_s`."""
-    p = Path(path)
-    out: list[Sighting] = []
+def _csv_error(p: Path, line: int):
+    return InputError(f"{p}:{line}: malformed sighting (need Unix time, 16-byte RPI hex, 4-byte AEM hex, integer RSSI)")
+
+
+def _read_sightings_rows(p: Path, text: str) -> SightingTable:
+    """The general CSV path (quoting, blank lines, any column order); names the bad line."""
+    cols: dict[str, list] = {k: [] for k in ("time", "rpi", "aem", "rssi", "rssi_max", "has_max", "dur", "has_dur")}
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    need = {"time", "rpi", "aem", "rssi"}
+    if not reader.fieldnames or not need <= set(reader.fieldnames):
+        raise InputError(f"{p}: expected a CSV header with time,rpi,aem,rssi")
     try:
-        fh = p.open(newline="")
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read ({exc.strerror})") from None
-    with fh:
-        reader = csv.DictReader(fh)
-        need = {"time", "rpi", "aem", "rssi"}
-        if not reader.fieldnames or not need <= set(reader.fieldnames):
-            raise InputError(f"{p}: expected a CSV header with time,rpi,aem,rssi")
         for line, row in enumerate(reader, start=2):
             try:
                 rpi = bytes.fromhex(row["rpi"])
                 aem = bytes.fromhex(row["aem"])
                 if len(rpi) != 16 or len(aem) != 4:
                     raise ValueError("length")
-                s = Sighting(
-                    time=int(row["time"]),
-                    rpi=rpi,
-                    aem=aem,
-                    rssi=int(row["rssi"]),
-                    rssi_max=int(row["rssi_max"]) if row.get("rssi_max") else None,
-                    duration_s=int(row["duration_s"]) if row.get("duration_s") else None,
-                )
-            except (TypeError, ValueError):
-                raise InputError(f"{p}:{line}: malformed sighting (need Unix time, 16-byte RPI hex, 4-byte AEM hex, integer RSSI)") from None
-            out.append(s)
-    return out
+                cols["time"].append(int(row["time"]))
+                cols["rssi"].append(int(row["rssi"]))
+                mx, du = row.get("rssi_max"), row.get("duration_s")
+                cols["rssi_max"].append(int(mx) if mx else 0)
+                cols["has_max"].append(bool(mx))
+                cols["dur"].append(int(du) if du else 0)
+                cols["has_dur"].append(bool(du))
+            except (TypeError, ValueError, OverflowError):
+                raise _csv_error(p, line) from None
+            cols["rpi"].append(rpi)
+            cols["aem"].append(aem)
+    except csv.Error:
+        raise InputError(f"{p}:{reader.line_num}: not readable CSV") from None
+    try:
+        return SightingTable(cols["time"], b"".join(cols["rpi"]), b"".join(cols["aem"]), cols["rssi"],
+                             cols["rssi_max"], cols["has_max"], cols["dur"], cols["has_dur"])
+    except OverflowError:
+        raise InputError(f"{p}: a number is out of range") from None
+
+
+def _ints(values: list[str]) -> np.ndarray:
+    return np.array(list(map(int, values)), dtype=np.int64)
+
+
+def read_sightings_table(path: str | Path) -> SightingTable:
+    """`time,rpi,aem,rssi` (Unix seconds, hex, hex, dBm); optional `rssi_max,duration_s`.
+
+    Plain files (no quoting) are read column by column without a Python object per row;
+    anything else, and any error, goes through the row-by-row reader, which names the line."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: not a UTF-8 text file") from None
+    head, _, body = text.partition("\n")
+    header = [h.strip() for h in head.rstrip("\r").split(",")]
+    need = ("time", "rpi", "aem", "rssi")
+    if '"' in text or "\r" in body or not set(need) <= set(header) or len(set(header)) != len(header):
+        return _read_sightings_rows(p, text)
+    ncol = len(header)
+    body = body[:-1] if body.endswith("\n") else body
+    if not body:
+        return SightingTable([], b"", b"", [])
+    cells = body.replace("\n", ",").split(",")
+    nrow = body.count("\n") + 1
+    if len(cells) != nrow * ncol:
+        return _read_sightings_rows(p, text)
+    col = {h: cells[i::ncol] for i, h in enumerate(header)}
+    try:
+        rpis, aems = col["rpi"], col["aem"]
+        if set(map(len, rpis)) != {32} or set(map(len, aems)) != {8}:
+            raise ValueError("length")
+        rpi = bytes.fromhex("".join(rpis))
+        aem = bytes.fromhex("".join(aems))
+        times = _ints(col["time"])
+        rssi = _ints(col["rssi"])
+        if rssi.min() < -(1 << 31) or rssi.max() >= (1 << 31):
+            raise ValueError("range")
+        extra = []
+        for name in ("rssi_max", "duration_s"):
+            vals = col.get(name)
+            if vals is None:
+                extra += [None, None]
+                continue
+            has = np.array([v != "" for v in vals], dtype=bool)
+            nums = _ints([v if v != "" else "0" for v in vals])
+            if nums.min() < -(1 << 31) or nums.max() >= (1 << 31):
+                raise ValueError("range")
+            extra += [nums, has]
+    except (ValueError, OverflowError):
+        return _read_sightings_rows(p, text)  # names the first bad line
+    return SightingTable(times, rpi, aem, rssi, *extra)
+
+
+def read_sightings_csv(path: str | Path) -> list[Sighting]:
+    """The sightings of a CSV file as objects (`read_sightings_table` for the columns)."""
+    return read_sightings_table(path).to_sightings()
 
 
 def write_sightings_csv(path: str | Path, sightings: Iterable[Sighting]) -> None:

@@ -152,3 +152,180 @@ def test_evaluate_many_splits_matches_per_log(vectors, vector_key):
     assert res["a"].health_code in ("yellow", "red")
     assert res["b"].health_code == "green"
     assert res["c"].health_code == "red"  # diagnosed wearer
+
+
+# ------------------------------------------------------------------ duplicates by rule, not order
+
+import itertools
+import random as _random
+
+from tracecode import export as _export
+from tracecode.matcher import KeyOccurrences, SightingTable
+
+_DAY = 2_900_160  # a day-aligned interval in 2025
+
+
+def _batches(tmp_path, specs, signing):
+    """specs: [(start_timestamp, batch_num, keys, revised)] -> loaded, verified ExportBatches."""
+    out = []
+    for n, (ts, num, keys, revised) in enumerate(specs):
+        p = _export.write_batch(tmp_path / f"b{n}-{ts}-{num}.zip", keys, revised_keys=revised, signing_key=signing[0],
+                                start_timestamp=ts, end_timestamp=ts + 86400, batch_num=num)
+        out.append(_export.load_batch(p, pubkeys=[signing[1]]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def signing(tmp_path_factory):
+    priv, pub = _export.generate_signing_key(tmp_path_factory.mktemp("k"))
+    return _export.load_private_key(priv), _export.load_public_key(pub)
+
+
+def _seen(tek, interval, rssi=-60, tx=-8):
+    r = en.rpi(en.rpik(tek), interval)
+    return Sighting(interval * 600 + 17, r, en.aem(en.aemk(tek), r, en.encode_metadata(tx)), rssi)
+
+
+def _run(batches, sightings):
+    return [(m.key.key_data, m.interval, m.key.report_type, m.key.days_since_onset_of_symptoms, m.sighting_index)
+            for m in match(KeyOccurrences.from_batches(batches), sightings, jobs=1)]
+
+
+def _both_orders(batches, sightings):
+    a = _run(batches, sightings)
+    b = _run(list(reversed(batches)), sightings)
+    assert a == b
+    return a
+
+
+def test_revoked_in_a_later_batch_keys_field_wins_in_any_order(tmp_path, signing):
+    tek = bytes(range(16))
+    conf = DiagnosisKey(tek, _DAY, 144, 1)
+    rev = DiagnosisKey(tek, _DAY, 144, 5)
+    s = [_seen(tek, _DAY + 10)]
+    assert _both_orders(_batches(tmp_path, [(1000, 1, [conf], []), (2000, 1, [rev], [])], signing), s) == []
+    # later in the same batch, in the keys field
+    assert _both_orders(_batches(tmp_path, [(3000, 1, [conf, rev], [])], signing), s) == []
+    assert _run(_batches(tmp_path, [(3000, 1, [rev, conf], [])], signing), s) == []
+
+
+def test_revoked_first_then_republished_stays_revoked(tmp_path, signing):
+    tek = bytes(range(1, 17))
+    s = [_seen(tek, _DAY + 20)]
+    bs = _batches(tmp_path, [(1000, 1, [DiagnosisKey(tek, _DAY, 144, 5)], []),
+                             (2000, 1, [DiagnosisKey(tek, _DAY, 144, 1)], [])], signing)
+    assert _both_orders(bs, s) == []
+
+
+def test_two_rolling_periods_cover_their_union(tmp_path, signing):
+    tek = bytes(range(2, 18))
+    s = [_seen(tek, _DAY + 100), _seen(tek, _DAY + 5)]
+    bs = _batches(tmp_path, [(1000, 1, [DiagnosisKey(tek, _DAY, 72, 1)], []),
+                             (2000, 1, [DiagnosisKey(tek, _DAY, 144, 1)], [])], signing)
+    got = _both_orders(bs, s)
+    assert sorted(i for _, i, *_ in got) == [_DAY + 5, _DAY + 100]
+    # also different starts: [DAY, DAY+72) and [DAY+60, DAY+204) -> union [DAY, DAY+204)
+    s2 = [_seen(tek, _DAY + 200), _seen(tek, _DAY + 30)]
+    bs2 = _batches(tmp_path, [(1000, 1, [DiagnosisKey(tek, _DAY, 72, 1)], []),
+                              (2000, 1, [DiagnosisKey(tek, _DAY + 60, 144, 1)], [])], signing)
+    assert sorted(i for _, i, *_ in _both_orders(bs2, s2)) == [_DAY + 30, _DAY + 200]
+
+
+def test_later_revision_gives_report_type_and_onset(tmp_path, signing):
+    tek = bytes(range(3, 19))
+    s = [_seen(tek, _DAY + 40)]
+    early = DiagnosisKey(tek, _DAY, 144, 3, days_since_onset_of_symptoms=None)
+    revised = DiagnosisKey(tek, _DAY, 144, 1, days_since_onset_of_symptoms=2)
+    # revised_keys of a later batch
+    got = _both_orders(_batches(tmp_path, [(1000, 1, [early], []), (2000, 1, [], [revised])], signing), s)
+    assert [(rt, dso) for _, _, rt, dso, _ in got] == [(1, 2)]
+    # a later batch number with the same start
+    got = _both_orders(_batches(tmp_path, [(1000, 2, [revised], []), (1000, 1, [early], [])], signing), s)
+    assert [(rt, dso) for _, _, rt, dso, _ in got] == [(1, 2)]
+    # within one batch, revised_keys over keys
+    got = _run(_batches(tmp_path, [(1000, 1, [early], [revised])], signing), s)
+    assert [(rt, dso) for _, _, rt, dso, _ in got] == [(1, 2)]
+
+
+def _oracle(specs, sightings):
+    """The rule of docs/matching.md written out key by key (independent of the matcher)."""
+    occ: dict[bytes, list] = {}
+    for ts, num, keys, revised in specs:
+        for fld, ks in ((0, keys), (1, revised)):
+            for k in ks:
+                occ.setdefault(k.key_data, []).append(((ts, num, fld), k))
+    out = set()
+    for tek, items in occ.items():
+        if any(k.report_type == 5 for _, k in items):
+            continue
+        intervals = set()
+        for _, k in items:
+            intervals.update(range(k.rolling_start_interval_number, k.rolling_start_interval_number + k.rolling_period))
+        latest = max(r for r, _ in items)
+        cands = [k for r, k in items if r == latest]
+        best = min(cands, key=lambda k: (k.report_type, k.transmission_risk_level,
+                                         -10**9 if k.days_since_onset_of_symptoms is None else k.days_since_onset_of_symptoms))
+        rk = en.rpik(tek)
+        rpis = {en.rpi(rk, i): i for i in intervals}
+        for si, s in enumerate(sightings):
+            if s.rpi in rpis and abs(en.enin(s.time) - rpis[s.rpi]) <= 12:
+                out.add((tek, rpis[s.rpi], best.report_type, best.days_since_onset_of_symptoms, si))
+    return out
+
+
+def test_exposures_do_not_depend_on_batch_or_key_order(tmp_path, signing):
+    """Property: shuffled batches and shuffled keys give the same exposures, and those of the
+    rule written out independently."""
+    rng = _random.Random(2024)
+    teks = [rng.randbytes(16) for _ in range(40)]
+    specs = []
+    for b in range(5):
+        keys, revised = [], []
+        for tek in rng.sample(teks, 14):
+            start = _DAY + 144 * rng.randrange(3) + rng.choice([0, 0, 0, 36, 100])
+            k = DiagnosisKey(tek, start, rng.choice([144, 144, 72, 10, 1]), rng.choice([1, 1, 1, 2, 3, 5]),
+                             rng.randrange(8), rng.choice([None, 0, 3, -2]))
+            (revised if rng.random() < 0.25 else keys).append(k)
+        specs.append((1_000_000 + 86400 * rng.randrange(3), 1 + rng.randrange(2), keys, revised))
+    sightings = []
+    for tek in teks:
+        for _ in range(3):
+            sightings.append(_seen(tek, _DAY + rng.randrange(3 * 144 + 100)))
+    sightings += noise(30, _DAY * 600)
+    expected = _oracle(specs, sightings)
+    assert len(expected) > 10  # the property is about something
+    first = None
+    for trial in range(4):
+        order = list(range(len(specs)))
+        rng.shuffle(order)
+        shuffled = []
+        for i in order:
+            ts, num, keys, revised = specs[i]
+            keys, revised = keys[:], revised[:]
+            rng.shuffle(keys)
+            rng.shuffle(revised)
+            shuffled.append((ts, num, keys, revised))
+        got = _run(_batches(tmp_path / f"t{trial}", shuffled, signing), sightings)
+        assert set(got) == expected
+        if first is None:
+            first = got
+        assert got == first  # the same list, in the same order
+
+
+def test_sighting_table_and_csv_columns_agree(tmp_path):
+    s = noise(20, 1_700_000_000) + [Sighting(5, bytes(16), bytes(4), -1, rssi_max=-3, duration_s=7)]
+    t = SightingTable.from_sightings(s)
+    assert t.to_sightings() == s
+    p = tmp_path / "s.csv"
+    p.write_text("time,rpi,aem,rssi,rssi_max,duration_s\n" + "".join(
+        f"{x.time},{x.rpi.hex()},{x.aem.hex()},{x.rssi},{'' if x.rssi_max is None else x.rssi_max},"
+        f"{'' if x.duration_s is None else x.duration_s}\n" for x in s))
+    assert read_sightings_csv(p) == s
+    # the row reader (quoted file) gives the same
+    q = tmp_path / "q.csv"
+    q.write_text(p.read_text().replace(",-1,", ',"-1",'))
+    assert read_sightings_csv(q) == s
+    bad = tmp_path / "bad.csv"
+    bad.write_text(p.read_text().replace(s[3].rpi.hex(), "zz" * 16))
+    with pytest.raises(InputError, match=":5:"):
+        read_sightings_csv(bad)

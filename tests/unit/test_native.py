@@ -27,16 +27,10 @@ def _vector_rpis(vectors):
     return [bytes.fromhex(v["rpi"]) for v in vectors["intervals"]]
 
 
-@pytest.fixture(params=["sha-ni", "plain-c"])
-def sha_variant(request):
-    """Run a test with the SHA-NI compression (when the CPU has it) and with the C one."""
-    mc = native._mc
-    assert mc is not None
-    on = mc._use_sha_ni(request.param == "sha-ni")
-    if request.param == "sha-ni" and not on:
-        pytest.skip("CPU has no SHA extensions")
-    yield request.param
-    mc._use_sha_ni(True)
+@pytest.fixture
+def sha_variant():
+    """The kernel has one crypto path now (OpenSSL libcrypto); kept so the tests read the same."""
+    return "libcrypto"
 
 
 def _random_keys(rng, n, start0=2_900_000):
@@ -171,6 +165,22 @@ def test_unavailable_kernel_falls_back_to_python(vectors, monkeypatch):
     v = vectors["intervals"][7]
     s = Sighting(v["enin"] * 600, bytes.fromhex(v["rpi"]), bytes.fromhex(v["aem"]), -60)
     assert [m.interval for m in match([key], [s], jobs=1)] == [v["enin"]]
+
+
+@needs_native
+def test_kernel_is_bound_to_openssl_libcrypto():
+    """The kernel's SHA-256 and AES come from the libcrypto the interpreter loaded."""
+    assert "OpenSSL" in native.kernel_name() or "libcrypto" in native.kernel_name()
+    assert "libcrypto" in native._crypto["path"]
+
+
+@needs_native
+def test_long_merged_periods_derive_in_runs():
+    """Entries longer than one day (the union of overlapping occurrences) derive correctly."""
+    tek = bytes(range(16))
+    got = native.derive([(tek, 2_900_000, 300)])
+    rk = en.rpik(tek)
+    assert got == b"".join(en.rpi(rk, 2_900_000 + j) for j in range(300))
 
 
 def test_environment_switch_disables_kernel(monkeypatch):

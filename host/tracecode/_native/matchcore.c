@@ -6,13 +6,16 @@
  *           = HMAC-SHA256(PRK, "EN-RPIK" || 0x01)[:16],  PRK = HMAC-SHA256(32 zero bytes, TEK)
  *     RPI_j = AES-128-ECB(RPIK, "EN-RPI" || 6 zero bytes || uint32_le(ENIN_j))
  * and every RPI is looked up among the heard RPIs: a bitmap on the low bits of the first 8
- * bytes first, then a binary search in the sorted, de-duplicated heard RPIs.
+ * bytes (read little-endian) first, then a binary search in the sorted, distinct heard RPIs.
  *
- * SHA-256 is plain C (with a SHA-NI compression used when the CPU has it); AES-128 uses
- * AES-NI. Only x86-64 with GCC/Clang is supported; elsewhere, or on a CPU without AES-NI,
- * `available()` returns False and the Python matcher path is used. Functions that use
- * special instructions carry a `target` attribute, so nothing else in the module needs them
- * and importing never executes an unsupported instruction.
+ * The cryptography is the platform's OpenSSL libcrypto (SHA-256 and AES-128-ECB through EVP,
+ * which use the CPU's SHA and AES instructions on x86-64 and ARMv8): no primitive is written
+ * here. The module is not linked against libcrypto and needs no OpenSSL headers; Python
+ * (`tracecode.native`) finds the libcrypto the interpreter already loaded and hands the
+ * addresses of the few functions below to `bind_crypto`. Until then `available()` is False.
+ *
+ * It also walks the protobuf wire format of an export.bin into columns (`walk_export`), so
+ * that reading a batch creates no Python object per key.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -20,190 +23,182 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define MC_X86 1
-#include <cpuid.h>
-#include <immintrin.h>
-#else
-#define MC_X86 0
-#endif
+/* ------------------------------------------------------------------------- libcrypto */
 
-/* ------------------------------------------------------------------------- SHA-256 (C) */
+/* OpenSSL's SHA256_CTX holds no pointers; 112 bytes in 1.1 and 3.x. We keep a larger opaque
+ * buffer and copy it whole, so the exact layout never matters. */
+typedef struct {
+    uint64_t opaque[32];
+} sha_ctx;
 
-static const uint32_t K256[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-};
+typedef int (*sha_init_fn)(void *c);
+typedef int (*sha_update_fn)(void *c, const void *data, size_t len);
+typedef int (*sha_final_fn)(unsigned char *md, void *c);
+typedef void *(*ctx_new_fn)(void);
+typedef void (*ctx_free_fn)(void *ctx);
+typedef int (*enc_init_fn)(void *ctx, const void *cipher, void *engine, const unsigned char *key,
+                           const unsigned char *iv);
+typedef int (*enc_update_fn)(void *ctx, unsigned char *out, int *outl, const unsigned char *in, int inl);
+typedef int (*set_padding_fn)(void *ctx, int pad);
+typedef int (*enc_init2_fn)(void *ctx, const void *cipher, const unsigned char *key, const unsigned char *iv,
+                            const void *params);
 
-static const uint32_t IV256[8] = {
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-};
+static struct {
+    int bound;
+    sha_init_fn sha_init;
+    sha_update_fn sha_update;
+    sha_final_fn sha_final;
+    ctx_new_fn ctx_new;
+    ctx_free_fn ctx_free;
+    enc_init_fn enc_init;
+    enc_update_fn enc_update;
+    set_padding_fn set_padding;
+    const void *cipher; /* EVP_CIPHER for AES-128-ECB */
+    enc_init2_fn enc_init2; /* OpenSSL 3's EVP_EncryptInit_ex2 (a cheaper re-key), or NULL */
+} C;
 
-#if defined(__GNUC__) || defined(__clang__)
-#define MC_MAYBE_UNUSED __attribute__((unused))
-#else
-#define MC_MAYBE_UNUSED
-#endif
+typedef void (*sha_transform_fn)(void *c, const unsigned char *block);
+static sha_transform_fn sha_transform;
 
-#define ROR32(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
-
-/* One compression of a block given as 16 big-endian words already in host order. */
-static void sha256_block_c(uint32_t st[8], const uint32_t in[16])
-{
-    uint32_t w[64];
-    for (int i = 0; i < 16; i++)
-        w[i] = in[i];
-    for (int i = 16; i < 64; i++) {
-        uint32_t s0 = ROR32(w[i - 15], 7) ^ ROR32(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = ROR32(w[i - 2], 17) ^ ROR32(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = st[0], b = st[1], c = st[2], d = st[3], e = st[4], f = st[5], g = st[6], h = st[7];
-    for (int i = 0; i < 64; i++) {
-        uint32_t t1 = h + (ROR32(e, 6) ^ ROR32(e, 11) ^ ROR32(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
-        uint32_t t2 = (ROR32(a, 2) ^ ROR32(a, 13) ^ ROR32(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-        h = g; g = f; f = e; e = d + t1;
-        d = c; c = b; b = a; a = t1 + t2;
-    }
-    st[0] += a; st[1] += b; st[2] += c; st[3] += d;
-    st[4] += e; st[5] += f; st[6] += g; st[7] += h;
-}
-
-typedef void (*sha256_block_fn)(uint32_t st[8], const uint32_t in[16]);
-
-#if MC_X86
-/*
- * SHA-NI compression. The state lives in two registers in the order the instructions want:
- * ABEF and CDGH (most significant dword first). Message words are host-order uint32 already,
- * so no byte swap is needed when loading them.
- */
-__attribute__((target("sha,sse4.1")))
-static void sha256_block_ni(uint32_t st[8], const uint32_t in[16])
-{
-    __m128i dcba = _mm_loadu_si128((const __m128i *)&st[0]); /* D C B A (msd..lsd) */
-    __m128i hgfe = _mm_loadu_si128((const __m128i *)&st[4]); /* H G F E */
-    __m128i badc = _mm_shuffle_epi32(dcba, 0xB1);              /* C D A B */
-    __m128i fehg = _mm_shuffle_epi32(hgfe, 0x1B);              /* E F G H */
-    __m128i abef = _mm_alignr_epi8(badc, fehg, 8);             /* A B E F */
-    __m128i cdgh = _mm_blend_epi16(fehg, badc, 0xF0);          /* C D G H */
-    __m128i abef0 = abef, cdgh0 = cdgh;
-
-    __m128i m[4];
-    for (int i = 0; i < 4; i++)
-        m[i] = _mm_loadu_si128((const __m128i *)&in[4 * i]);
-
-    for (int r = 0; r < 16; r++) {
-        __m128i cur = m[r & 3];
-        if (r >= 4) {
-            /* W[4r..4r+3] from the four previous groups. */
-            __m128i t = _mm_sha256msg1_epu32(m[r & 3], m[(r + 1) & 3]);
-            t = _mm_add_epi32(t, _mm_alignr_epi8(m[(r + 3) & 3], m[(r + 2) & 3], 4));
-            cur = _mm_sha256msg2_epu32(t, m[(r + 3) & 3]);
-            m[r & 3] = cur;
-        }
-        __m128i wk = _mm_add_epi32(cur, _mm_loadu_si128((const __m128i *)&K256[4 * r]));
-        cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk);
-        abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(wk, 0x0E));
-        /* The first call leaves ABEF (after 2 rounds) in `cdgh`; the second gives ABEF after
-         * 4 rounds, and the old ABEF after 2 rounds is exactly the new CDGH. */
-    }
-    abef = _mm_add_epi32(abef, abef0);
-    cdgh = _mm_add_epi32(cdgh, cdgh0);
-    /* back to A..H in memory order */
-    uint32_t a4[4], c4[4];
-    _mm_storeu_si128((__m128i *)a4, abef); /* lsd..msd: F E B A */
-    _mm_storeu_si128((__m128i *)c4, cdgh); /* H G D C */
-    st[0] = a4[3]; st[1] = a4[2]; st[4] = a4[1]; st[5] = a4[0];
-    st[2] = c4[3]; st[3] = c4[2]; st[6] = c4[1]; st[7] = c4[0];
-}
-#endif
-
-static sha256_block_fn sha256_block = sha256_block_c;
-
-/* ------------------------------------------------------------------------- HKDF (RPIK) */
-
-/* HMAC-SHA256 keyed with 32 zero bytes: the states after the ipad and opad blocks. */
-static uint32_t zero_ipad_state[8], zero_opad_state[8];
-
-static void init_zero_key_states(void)
-{
-    uint32_t blk[16];
-    memcpy(zero_ipad_state, IV256, sizeof IV256);
-    for (int i = 0; i < 16; i++)
-        blk[i] = 0x36363636u;
-    sha256_block_c(zero_ipad_state, blk);
-    memcpy(zero_opad_state, IV256, sizeof IV256);
-    for (int i = 0; i < 16; i++)
-        blk[i] = 0x5c5c5c5cu;
-    sha256_block_c(zero_opad_state, blk);
-}
-
-static inline uint32_t load_be32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
+/* HMAC with a 32-byte key by whole compressions: SHA256_Transform on a context whose first
+ * 8 words are the chaining state (OpenSSL's SHA256_CTX layout since 0.9.8: h[8] first).
+ * The known-answer check in tracecode.native refuses the kernel if that ever changes. */
+static sha_ctx zero_ipad, zero_opad; /* HMAC(32 zero bytes) after the pad block */
 
 static inline void store_be32(uint8_t *p, uint32_t v)
 {
     p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
 }
 
-/* RPIK of one TEK: six SHA-256 compressions. */
+/* The 32-byte digest (big-endian) of the chaining state in c. */
+static inline void state_bytes(const sha_ctx *c, uint8_t out[32])
+{
+    uint32_t h[8];
+    memcpy(h, c, sizeof h);
+    for (int i = 0; i < 8; i++)
+        store_be32(out + 4 * i, h[i]);
+}
+
+static void init_zero_key_states(void)
+{
+    uint8_t pad[64];
+    memset(pad, 0x36, sizeof pad);
+    C.sha_init(&zero_ipad);
+    sha_transform(&zero_ipad, pad);
+    memset(pad, 0x5c, sizeof pad);
+    C.sha_init(&zero_opad);
+    sha_transform(&zero_opad, pad);
+}
+
+/* RPIK of one TEK (HKDF-SHA256 with an empty salt, info "EN-RPIK", 16 bytes): six compressions. */
 static void derive_rpik(const uint8_t tek[16], uint8_t out[16])
 {
-    uint32_t blk[16], st[8], prk[8];
+    sha_ctx c, ki, ko;
+    uint8_t blk[64], prk[32], d[32];
 
-    /* Extract: PRK = HMAC(zeros32, TEK). Inner message is 16 bytes after a 64-byte pad block. */
+    /* extract: PRK = HMAC(zeros32, TEK); the inner message is 16 bytes after the pad block */
     memset(blk, 0, sizeof blk);
-    for (int i = 0; i < 4; i++)
-        blk[i] = load_be32(tek + 4 * i);
-    blk[4] = 0x80000000u;
-    blk[15] = (64 + 16) * 8;
-    memcpy(st, zero_ipad_state, sizeof st);
-    sha256_block(st, blk);
+    memcpy(blk, tek, 16);
+    blk[16] = 0x80;
+    blk[62] = ((64 + 16) * 8) >> 8;
+    blk[63] = ((64 + 16) * 8) & 0xff;
+    c = zero_ipad;
+    sha_transform(&c, blk);
     memset(blk, 0, sizeof blk);
-    for (int i = 0; i < 8; i++)
-        blk[i] = st[i];
-    blk[8] = 0x80000000u;
-    blk[15] = (64 + 32) * 8;
-    memcpy(prk, zero_opad_state, sizeof prk);
-    sha256_block(prk, blk);
+    state_bytes(&c, blk);
+    blk[32] = 0x80;
+    blk[62] = ((64 + 32) * 8) >> 8;
+    blk[63] = ((64 + 32) * 8) & 0xff;
+    c = zero_opad;
+    sha_transform(&c, blk);
+    state_bytes(&c, prk);
 
-    /* Expand, one block: T(1) = HMAC(PRK, "EN-RPIK" || 0x01). */
-    uint32_t ist[8], ost[8];
-    memcpy(ist, IV256, sizeof ist);
-    memcpy(ost, IV256, sizeof ost);
-    for (int i = 0; i < 8; i++)
-        blk[i] = prk[i] ^ 0x36363636u;
-    for (int i = 8; i < 16; i++)
-        blk[i] = 0x36363636u;
-    sha256_block(ist, blk);
-    for (int i = 0; i < 8; i++)
-        blk[i] = prk[i] ^ 0x5c5c5c5cu;
-    for (int i = 8; i < 16; i++)
-        blk[i] = 0x5c5c5c5cu;
-    sha256_block(ost, blk);
+    /* expand, one block: T(1) = HMAC(PRK, "EN-RPIK" || 0x01) */
+    memset(blk, 0x36, sizeof blk);
+    for (int i = 0; i < 32; i++)
+        blk[i] ^= prk[i];
+    C.sha_init(&ki);
+    sha_transform(&ki, blk);
+    memset(blk, 0x5c, sizeof blk);
+    for (int i = 0; i < 32; i++)
+        blk[i] ^= prk[i];
+    C.sha_init(&ko);
+    sha_transform(&ko, blk);
+    memset(blk, 0, sizeof blk);
+    memcpy(blk, "EN-RPIK\x01", 8);
+    blk[8] = 0x80;
+    blk[62] = ((64 + 8) * 8) >> 8;
+    blk[63] = ((64 + 8) * 8) & 0xff;
+    sha_transform(&ki, blk);
+    memset(blk, 0, sizeof blk);
+    state_bytes(&ki, blk);
+    blk[32] = 0x80;
+    blk[62] = ((64 + 32) * 8) >> 8;
+    blk[63] = ((64 + 32) * 8) & 0xff;
+    sha_transform(&ko, blk);
+    state_bytes(&ko, d);
+    memcpy(out, d, 16);
+}
 
-    memset(blk, 0, sizeof blk);
-    blk[0] = 0x454e2d52u; /* "EN-R" */
-    blk[1] = 0x50494b01u; /* "PIK" 0x01 */
-    blk[2] = 0x80000000u;
-    blk[15] = (64 + 8) * 8;
-    sha256_block(ist, blk);
-    memset(blk, 0, sizeof blk);
-    for (int i = 0; i < 8; i++)
-        blk[i] = ist[i];
-    blk[8] = 0x80000000u;
-    blk[15] = (64 + 32) * 8;
-    sha256_block(ost, blk);
-    for (int i = 0; i < 4; i++)
-        store_be32(out + 4 * i, ost[i]);
+PyDoc_STRVAR(bind_crypto_doc,
+             "bind_crypto(addresses) -> None: the addresses (ints) of SHA256_Init, SHA256_Update,\n"
+             "SHA256_Final, EVP_CIPHER_CTX_new, EVP_CIPHER_CTX_free, EVP_EncryptInit_ex,\n"
+             "EVP_EncryptUpdate, EVP_CIPHER_CTX_set_padding, SHA256_Transform and an AES-128-ECB\n"
+             "EVP_CIPHER (key 'cipher'), in a dict.");
+
+static void *addr_of(PyObject *d, const char *name)
+{
+    PyObject *v = PyDict_GetItemString(d, name);
+    if (!v) {
+        PyErr_Format(PyExc_KeyError, "missing %s", name);
+        return NULL;
+    }
+    void *p = PyLong_AsVoidPtr(v);
+    if (!p && !PyErr_Occurred())
+        PyErr_Format(PyExc_ValueError, "%s is NULL", name);
+    return p;
+}
+
+static PyObject *mc_bind_crypto(PyObject *self, PyObject *d)
+{
+    if (!PyDict_Check(d)) {
+        PyErr_SetString(PyExc_TypeError, "bind_crypto takes a dict");
+        return NULL;
+    }
+    void *p[10];
+    const char *names[10] = {"SHA256_Init", "SHA256_Update", "SHA256_Final", "EVP_CIPHER_CTX_new",
+                            "EVP_CIPHER_CTX_free", "EVP_EncryptInit_ex", "EVP_EncryptUpdate",
+                            "EVP_CIPHER_CTX_set_padding", "cipher", "SHA256_Transform"};
+    for (int i = 0; i < 10; i++)
+        if (!(p[i] = addr_of(d, names[i])))
+            return NULL;
+    C.bound = 0;
+    C.sha_init = (sha_init_fn)p[0];
+    C.sha_update = (sha_update_fn)p[1];
+    C.sha_final = (sha_final_fn)p[2];
+    C.ctx_new = (ctx_new_fn)p[3];
+    C.ctx_free = (ctx_free_fn)p[4];
+    C.enc_init = (enc_init_fn)p[5];
+    C.enc_update = (enc_update_fn)p[6];
+    C.set_padding = (set_padding_fn)p[7];
+    C.cipher = p[8];
+    sha_transform = (sha_transform_fn)p[9];
+    PyObject *v2 = PyDict_GetItemString(d, "EVP_EncryptInit_ex2");
+    C.enc_init2 = v2 && v2 != Py_None ? (enc_init2_fn)PyLong_AsVoidPtr(v2) : NULL;
+    if (PyErr_Occurred())
+        return NULL;
+    init_zero_key_states();
+    C.bound = 1;
+    Py_RETURN_NONE;
+}
+
+static int require_kernel(void)
+{
+    if (!C.bound) {
+        PyErr_SetString(PyExc_RuntimeError, "native matcher kernel: libcrypto is not bound");
+        return 0;
+    }
+    return 1;
 }
 
 /* ------------------------------------------------------------------------- lookup */
@@ -215,7 +210,34 @@ typedef struct {
     Py_ssize_t n;
 } heard_index;
 
-MC_MAYBE_UNUSED static int heard_contains(const heard_index *ix, const uint8_t rpi[16])
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+static inline uint64_t load_le64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline void store_le32(uint8_t *p, uint32_t v)
+{
+    memcpy(p, &v, 4);
+}
+#else
+static inline uint64_t load_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static inline void store_le32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+#endif
+
+static int heard_contains(const heard_index *ix, const uint8_t rpi[16])
 {
     Py_ssize_t lo = 0, hi = ix->n;
     while (lo < hi) {
@@ -243,7 +265,7 @@ typedef struct {
     int oom;
 } hit_list;
 
-MC_MAYBE_UNUSED static void hits_push(hit_list *h, uint32_t key, uint32_t interval, const uint8_t rpi[16])
+static void hits_push(hit_list *h, uint32_t key, uint32_t interval, const uint8_t rpi[16])
 {
     if (h->n == h->cap) {
         size_t cap = h->cap ? 2 * h->cap : 64;
@@ -261,157 +283,69 @@ MC_MAYBE_UNUSED static void hits_push(hit_list *h, uint32_t key, uint32_t interv
     h->n++;
 }
 
-/* ------------------------------------------------------------------------- AES-128 (AES-NI) */
+/* ------------------------------------------------------------------------- derive + scan */
 
-#if MC_X86
+#define RUN 144 /* intervals encrypted per EVP call */
 
-#define EXPAND_STEP(k, rcon)                                                         \
-    do {                                                                             \
-        __m128i t_ = _mm_shuffle_epi32(_mm_aeskeygenassist_si128((k), (rcon)), 0xFF); \
-        (k) = _mm_xor_si128((k), _mm_slli_si128((k), 4));                            \
-        (k) = _mm_xor_si128((k), _mm_slli_si128((k), 4));                            \
-        (k) = _mm_xor_si128((k), _mm_slli_si128((k), 4));                            \
-        (k) = _mm_xor_si128((k), t_);                                                \
-    } while (0)
-
-__attribute__((target("aes,sse4.1")))
-static inline void aes128_expand(const uint8_t key[16], __m128i rk[11])
+/* Derives the RPIs of keys [lo, hi) and either looks them up (ix != NULL, hits appended) or
+ * writes them all to dst. Runs without the GIL. Returns 0, or -1 if libcrypto failed. */
+static int scan_range(const uint8_t *teks, const uint32_t *starts, const uint32_t *periods, Py_ssize_t lo,
+                      Py_ssize_t hi, const heard_index *ix, hit_list *hits, uint8_t *dst)
 {
-    __m128i k = _mm_loadu_si128((const __m128i *)key);
-    rk[0] = k;
-    EXPAND_STEP(k, 0x01); rk[1] = k;
-    EXPAND_STEP(k, 0x02); rk[2] = k;
-    EXPAND_STEP(k, 0x04); rk[3] = k;
-    EXPAND_STEP(k, 0x08); rk[4] = k;
-    EXPAND_STEP(k, 0x10); rk[5] = k;
-    EXPAND_STEP(k, 0x20); rk[6] = k;
-    EXPAND_STEP(k, 0x40); rk[7] = k;
-    EXPAND_STEP(k, 0x80); rk[8] = k;
-    EXPAND_STEP(k, 0x1B); rk[9] = k;
-    EXPAND_STEP(k, 0x36); rk[10] = k;
-}
-
-#define LANES 8
-
-/* Encrypts the PaddedData of `count` (<= LANES) intervals from `enin` into out[]. */
-__attribute__((target("aes,sse4.1")))
-static inline void rpi_lanes(const __m128i rk[11], __m128i pad, uint32_t enin, int count, __m128i out[LANES])
-{
-    __m128i b[LANES];
-    if (count == LANES) {
-        for (int i = 0; i < LANES; i++)
-            b[i] = _mm_xor_si128(_mm_insert_epi32(pad, (int)(enin + (uint32_t)i), 3), rk[0]);
-        for (int r = 1; r < 10; r++)
-            for (int i = 0; i < LANES; i++)
-                b[i] = _mm_aesenc_si128(b[i], rk[r]);
-        for (int i = 0; i < LANES; i++)
-            out[i] = _mm_aesenclast_si128(b[i], rk[10]);
-    } else {
-        for (int i = 0; i < count; i++) {
-            __m128i x = _mm_xor_si128(_mm_insert_epi32(pad, (int)(enin + (uint32_t)i), 3), rk[0]);
-            for (int r = 1; r < 10; r++)
-                x = _mm_aesenc_si128(x, rk[r]);
-            out[i] = _mm_aesenclast_si128(x, rk[10]);
-        }
+    uint8_t pt[RUN * 16], ct[RUN * 16], rpik[16];
+    void *ctx = C.ctx_new();
+    if (!ctx)
+        return -1;
+    int rc = -1;
+    if (C.enc_init(ctx, C.cipher, NULL, NULL, NULL) != 1)
+        goto out;
+    C.set_padding(ctx, 0);
+    for (int j = 0; j < RUN; j++) {
+        memcpy(pt + 16 * j, "EN-RPI", 6);
+        memset(pt + 16 * j + 6, 0, 6);
     }
-}
-
-static const uint8_t PAD_PREFIX[16] = {'E', 'N', '-', 'R', 'P', 'I', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-
-typedef struct {
-    uint8_t tek[16];
-    uint32_t start;
-    uint32_t period;
-} key_in;
-
-/* Derive + look up. Runs without the GIL. */
-__attribute__((target("aes,sse4.1")))
-static void scan_keys(const key_in *keys, Py_ssize_t n, uint32_t base, const heard_index *ix, hit_list *hits)
-{
-    const __m128i pad = _mm_loadu_si128((const __m128i *)PAD_PREFIX);
-    __m128i rk[11], out[LANES];
-    uint8_t rpik[16];
-    for (Py_ssize_t k = 0; k < n; k++) {
-        derive_rpik(keys[k].tek, rpik);
-        aes128_expand(rpik, rk);
-        uint32_t start = keys[k].start, period = keys[k].period;
-        for (uint32_t j = 0; j < period; j += LANES) {
-            int cnt = (int)(period - j < LANES ? period - j : LANES);
-            rpi_lanes(rk, pad, start + j, cnt, out);
-            for (int i = 0; i < cnt; i++) {
-                uint64_t p = (uint64_t)_mm_cvtsi128_si64(out[i]) & ix->mask;
-                if (ix->bitmap[p >> 3] & (1u << (p & 7))) {
-                    uint8_t r[16];
-                    _mm_storeu_si128((__m128i *)r, out[i]);
-                    if (heard_contains(ix, r))
-                        hits_push(hits, base + (uint32_t)k, start + j + (uint32_t)i, r);
-                }
+    for (Py_ssize_t k = lo; k < hi; k++) {
+        derive_rpik(teks + 16 * k, rpik);
+        if ((C.enc_init2 ? C.enc_init2(ctx, NULL, rpik, NULL, NULL) : C.enc_init(ctx, NULL, NULL, rpik, NULL)) != 1)
+            goto out;
+        uint32_t start = starts[k], period = periods[k];
+        for (uint32_t off = 0; off < period; off += RUN) {
+            int cnt = (int)(period - off < RUN ? period - off : RUN), outl = 0;
+            for (int j = 0; j < cnt; j++)
+                store_le32(pt + 16 * j + 12, start + off + (uint32_t)j);
+            uint8_t *out = dst ? dst : ct;
+            if (C.enc_update(ctx, out, &outl, pt, 16 * cnt) != 1 || outl != 16 * cnt)
+                goto out;
+            if (dst) {
+                dst += 16 * cnt;
+                continue;
+            }
+            for (int j = 0; j < cnt; j++) {
+                const uint8_t *r = ct + 16 * j;
+                uint64_t p = load_le64(r) & ix->mask;
+                if ((ix->bitmap[p >> 3] & (1u << (p & 7))) && heard_contains(ix, r))
+                    hits_push(hits, (uint32_t)k, start + off + (uint32_t)j, r);
             }
         }
     }
-}
-
-/* Derive only: all RPIs, concatenated. Runs without the GIL. */
-__attribute__((target("aes,sse4.1")))
-static void derive_keys(const key_in *keys, Py_ssize_t n, uint8_t *dst)
-{
-    const __m128i pad = _mm_loadu_si128((const __m128i *)PAD_PREFIX);
-    __m128i rk[11], out[LANES];
-    uint8_t rpik[16];
-    for (Py_ssize_t k = 0; k < n; k++) {
-        derive_rpik(keys[k].tek, rpik);
-        aes128_expand(rpik, rk);
-        uint32_t start = keys[k].start, period = keys[k].period;
-        for (uint32_t j = 0; j < period; j += LANES) {
-            int cnt = (int)(period - j < LANES ? period - j : LANES);
-            rpi_lanes(rk, pad, start + j, cnt, out);
-            for (int i = 0; i < cnt; i++) {
-                _mm_storeu_si128((__m128i *)dst, out[i]);
-                dst += 16;
-            }
-        }
-    }
-}
-
-#endif /* MC_X86 */
-
-/* ------------------------------------------------------------------------- CPU features */
-
-static int have_aes = 0, have_sha = 0;
-
-static void detect_cpu(void)
-{
-#if MC_X86
-    __builtin_cpu_init();
-    have_aes = __builtin_cpu_supports("aes") && __builtin_cpu_supports("sse4.1");
-    unsigned int a, b, c, d;
-    if (__get_cpuid_count(7, 0, &a, &b, &c, &d))
-        have_sha = ((b >> 29) & 1) && __builtin_cpu_supports("sse4.1");
-#endif
+    rc = 0;
+out:
+    C.ctx_free(ctx);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------- Python glue */
 
-static int require_kernel(void)
+PyDoc_STRVAR(available_doc, "available() -> bool: True once libcrypto is bound.");
+
+static PyObject *mc_available(PyObject *self, PyObject *noargs)
 {
-    if (!have_aes) {
-        PyErr_SetString(PyExc_RuntimeError, "native matcher kernel needs x86-64 with AES-NI");
-        return 0;
-    }
-    return 1;
+    return PyBool_FromLong(C.bound);
 }
 
 static int read_tek(PyObject *obj, uint8_t out[16])
 {
     Py_buffer b;
-    if (PyBytes_CheckExact(obj)) { /* the common case, without the buffer protocol */
-        if (PyBytes_GET_SIZE(obj) != 16) {
-            PyErr_SetString(PyExc_ValueError, "a TEK is 16 bytes");
-            return 0;
-        }
-        memcpy(out, PyBytes_AS_STRING(obj), 16);
-        return 1;
-    }
     if (PyObject_GetBuffer(obj, &b, PyBUF_SIMPLE) < 0) {
         PyErr_Clear();
         PyErr_SetString(PyExc_TypeError, "a TEK is a bytes-like object");
@@ -427,111 +361,90 @@ static int read_tek(PyObject *obj, uint8_t out[16])
     return 1;
 }
 
-#if MC_X86
-/* (tek, start, period) tuples -> key_in array (malloc'd; caller frees). NULL on error. */
-static key_in *read_chunk(PyObject *chunk, Py_ssize_t *n_out, uint64_t *total_out)
-{
-    PyObject *seq = PySequence_Fast(chunk, "keys must be a sequence of (tek, start, period)");
-    if (!seq)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    key_in *keys = PyMem_RawMalloc((size_t)(n ? n : 1) * sizeof(key_in));
-    if (!keys) {
-        Py_DECREF(seq);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    uint64_t total = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *t = PySequence_Fast_GET_ITEM(seq, i);
-        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
-            PyErr_SetString(PyExc_TypeError, "each key must be a (tek, start, period) tuple");
-            goto fail;
-        }
-        if (!read_tek(PyTuple_GET_ITEM(t, 0), keys[i].tek))
-            goto fail;
-        long long start = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 1));
-        if (start == -1 && PyErr_Occurred())
-            goto fail;
-        long long period = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 2));
-        if (period == -1 && PyErr_Occurred())
-            goto fail;
-        if (start < 0 || period < 0 || start + period > 0x100000000LL) {
-            PyErr_SetString(PyExc_ValueError, "rolling start/period out of range");
-            goto fail;
-        }
-        keys[i].start = (uint32_t)start;
-        keys[i].period = (uint32_t)period;
-        total += (uint64_t)period;
-    }
-    Py_DECREF(seq);
-    *n_out = n;
-    if (total_out)
-        *total_out = total;
-    return keys;
-fail:
-    Py_DECREF(seq);
-    PyMem_RawFree(keys);
-    return NULL;
-}
-#endif
-
-PyDoc_STRVAR(available_doc, "available() -> bool: True when this CPU can run the kernel (x86-64 with AES-NI).");
-
-static PyObject *mc_available(PyObject *self, PyObject *noargs)
-{
-    return PyBool_FromLong(have_aes);
-}
-
-PyDoc_STRVAR(features_doc, "features() -> dict: CPU features the kernel uses.");
-
-static PyObject *mc_features(PyObject *self, PyObject *noargs)
-{
-    return Py_BuildValue("{s:O,s:O}", "aes", have_aes ? Py_True : Py_False, "sha",
-                         (have_sha && sha256_block != sha256_block_c) ? Py_True : Py_False);
-}
-
 PyDoc_STRVAR(rpik_doc, "rpik(tek) -> bytes: HKDF-SHA256(tek, salt=None, info=b'EN-RPIK', 16).");
 
 static PyObject *mc_rpik(PyObject *self, PyObject *arg)
 {
     uint8_t tek[16], out[16];
-    if (!read_tek(arg, tek))
+    if (!require_kernel() || !read_tek(arg, tek))
         return NULL;
     derive_rpik(tek, out);
     return PyBytes_FromStringAndSize((const char *)out, 16);
 }
 
-PyDoc_STRVAR(derive_doc, "derive(keys) -> bytes: the RPIs of every (tek, start, period), concatenated.");
-
-static PyObject *mc_derive(PyObject *self, PyObject *chunk)
-{
-    if (!require_kernel())
-        return NULL;
-#if MC_X86
+/* Key columns: teks (16 n bytes), starts and periods (n native uint32 each). */
+typedef struct {
+    Py_buffer t, s, p;
     Py_ssize_t n;
     uint64_t total;
-    key_in *keys = read_chunk(chunk, &n, &total);
-    if (!keys)
-        return NULL;
-    if (total > (uint64_t)PY_SSIZE_T_MAX / 16) {
-        PyMem_RawFree(keys);
-        return PyErr_NoMemory();
+} key_cols;
+
+static void release_cols(key_cols *k)
+{
+    if (k->t.obj)
+        PyBuffer_Release(&k->t);
+    if (k->s.obj)
+        PyBuffer_Release(&k->s);
+    if (k->p.obj)
+        PyBuffer_Release(&k->p);
+}
+
+static int get_cols(PyObject *teks, PyObject *starts, PyObject *periods, key_cols *k)
+{
+    memset(k, 0, sizeof *k);
+    if (PyObject_GetBuffer(teks, &k->t, PyBUF_C_CONTIGUOUS) < 0 ||
+        PyObject_GetBuffer(starts, &k->s, PyBUF_C_CONTIGUOUS) < 0 ||
+        PyObject_GetBuffer(periods, &k->p, PyBUF_C_CONTIGUOUS) < 0) {
+        release_cols(k);
+        return 0;
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(16 * total));
-    if (!out) {
-        PyMem_RawFree(keys);
-        return NULL;
+    k->n = k->t.len / 16;
+    if (k->t.len % 16 || k->s.len != 4 * k->n || k->p.len != 4 * k->n) {
+        release_cols(k);
+        PyErr_SetString(PyExc_ValueError, "teks must be 16-byte blocks, starts and periods uint32 of as many keys");
+        return 0;
     }
-    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
+    const uint32_t *s = k->s.buf, *p = k->p.buf;
+    for (Py_ssize_t i = 0; i < k->n; i++) {
+        if ((uint64_t)s[i] + p[i] > 0x100000000ull) {
+            release_cols(k);
+            PyErr_SetString(PyExc_ValueError, "rolling start + period past 2**32");
+            return 0;
+        }
+        k->total += p[i];
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(derive_doc, "derive(teks, starts, periods) -> bytes: the RPIs of every key, concatenated.");
+
+static PyObject *mc_derive(PyObject *self, PyObject *args)
+{
+    PyObject *teks, *starts, *periods;
+    key_cols k;
+    if (!require_kernel() || !PyArg_ParseTuple(args, "OOO", &teks, &starts, &periods))
+        return NULL;
+    if (!get_cols(teks, starts, periods, &k))
+        return NULL;
+    PyObject *out = NULL;
+    if (k.total > (uint64_t)PY_SSIZE_T_MAX / 16) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(16 * k.total));
+    if (!out)
+        goto done;
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    derive_keys(keys, n, dst);
+    rc = scan_range(k.t.buf, k.s.buf, k.p.buf, 0, k.n, NULL, NULL, (uint8_t *)PyBytes_AS_STRING(out));
     Py_END_ALLOW_THREADS
-    PyMem_RawFree(keys);
+    if (rc) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto failed");
+    }
+done:
+    release_cols(&k);
     return out;
-#else
-    return NULL;
-#endif
 }
 
 static int cmp16(const void *a, const void *b)
@@ -576,9 +489,7 @@ static PyObject *mc_build_index(PyObject *self, PyObject *args)
             continue;
         if (m != i)
             memcpy(sorted + 16 * m, sorted + 16 * i, 16);
-        uint64_t p;
-        memcpy(&p, sorted + 16 * m, 8); /* x86-64: little-endian */
-        p &= mask;
+        uint64_t p = load_le64(sorted + 16 * m) & mask;
         bm[p >> 3] |= (uint8_t)(1u << (p & 7));
         m++;
     }
@@ -594,106 +505,379 @@ static PyObject *mc_build_index(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(scan_doc,
-             "scan(keys, base, bits, bitmap, sorted) -> list[(key index, interval, rpi)]:\n"
-             "derive the RPIs of every (tek, start, period) and return those found in the index\n"
-             "made by build_index(rpis, bits). Key indices start at `base`.");
+             "scan(teks, starts, periods, lo, hi, bits, bitmap, sorted) -> (pairs, rpis):\n"
+             "derive the RPIs of keys lo..hi-1 and return those found in the index made by\n"
+             "build_index(rpis, bits): `pairs` holds native uint32 (key index, interval) per hit,\n"
+             "`rpis` the 16-byte RPIs, in key order then interval order.");
 
 static PyObject *mc_scan(PyObject *self, PyObject *args)
 {
-    if (!require_kernel())
-        return NULL;
-#if MC_X86
-    PyObject *chunk;
-    unsigned long long base;
+    PyObject *teks, *starts, *periods;
+    Py_ssize_t lo, hi;
     int bits;
     Py_buffer bm, srt;
-    if (!PyArg_ParseTuple(args, "OKiy*y*", &chunk, &base, &bits, &bm, &srt))
+    key_cols k;
+    if (!require_kernel() || !PyArg_ParseTuple(args, "OOOnniy*y*", &teks, &starts, &periods, &lo, &hi, &bits, &bm, &srt))
         return NULL;
     PyObject *result = NULL;
-    key_in *keys = NULL;
     hit_list hits = {0};
+    int have_cols = 0;
     if (bits < 3 || bits > 34 || (uint64_t)bm.len != ((uint64_t)1 << bits) / 8 || srt.len % 16 != 0) {
         PyErr_SetString(PyExc_ValueError, "index does not match its bit count");
         goto done;
     }
-    Py_ssize_t n;
-    keys = read_chunk(chunk, &n, NULL);
-    if (!keys)
+    if (!get_cols(teks, starts, periods, &k))
         goto done;
-    if (base + (unsigned long long)n > 0xFFFFFFFFull) {
-        PyErr_SetString(PyExc_ValueError, "too many keys");
+    have_cols = 1;
+    if (lo < 0 || hi > k.n || lo > hi || k.n > 0xFFFFFFFFll) {
+        PyErr_SetString(PyExc_ValueError, "key range out of bounds");
         goto done;
     }
     heard_index ix = {(const uint8_t *)bm.buf, ((uint64_t)1 << bits) - 1, (const uint8_t *)srt.buf, srt.len / 16};
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    scan_keys(keys, n, (uint32_t)base, &ix, &hits);
+    rc = scan_range(k.t.buf, k.s.buf, k.p.buf, lo, hi, &ix, &hits, NULL);
     Py_END_ALLOW_THREADS
+    if (rc) {
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto failed");
+        goto done;
+    }
     if (hits.oom) {
         PyErr_NoMemory();
         goto done;
     }
-    result = PyList_New((Py_ssize_t)hits.n);
-    if (!result)
+    PyObject *pairs = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(8 * hits.n));
+    PyObject *rpis = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(16 * hits.n));
+    if (!pairs || !rpis) {
+        Py_XDECREF(pairs);
+        Py_XDECREF(rpis);
         goto done;
-    for (size_t i = 0; i < hits.n; i++) {
-        PyObject *t = Py_BuildValue("(IIy#)", hits.v[i].key, hits.v[i].interval, (const char *)hits.v[i].rpi,
-                                    (Py_ssize_t)16);
-        if (!t) {
-            Py_CLEAR(result);
-            goto done;
-        }
-        PyList_SET_ITEM(result, (Py_ssize_t)i, t);
     }
+    uint32_t *pp = (uint32_t *)PyBytes_AS_STRING(pairs);
+    uint8_t *rp = (uint8_t *)PyBytes_AS_STRING(rpis);
+    for (size_t i = 0; i < hits.n; i++) {
+        pp[2 * i] = hits.v[i].key;
+        pp[2 * i + 1] = hits.v[i].interval;
+        memcpy(rp + 16 * i, hits.v[i].rpi, 16);
+    }
+    result = Py_BuildValue("(NN)", pairs, rpis);
 done:
     free(hits.v);
-    if (keys)
-        PyMem_RawFree(keys);
+    if (have_cols)
+        release_cols(&k);
     PyBuffer_Release(&bm);
     PyBuffer_Release(&srt);
     return result;
-#else
-    return NULL;
-#endif
 }
 
-PyDoc_STRVAR(use_sha_ni_doc, "_use_sha_ni(flag) -> bool: switch the SHA-NI compression on/off (tests).");
+/* ------------------------------------------------------------------------- protobuf walk */
 
-static PyObject *mc_use_sha_ni(PyObject *self, PyObject *arg)
+/*
+ * The wire format of TemporaryExposureKeyExport (export.proto). Fields 7 (keys) and 8
+ * (revised_keys) are parsed into columns; every other top-level field is copied, tag and
+ * value, into `rest` (a few hundred bytes: the header and signature infos) for Python.
+ * Malformed input is a ValueError whose message names the place; the walk is linear in the
+ * input and allocates only once it has counted the keys (at most max_keys per field).
+ */
+
+typedef struct {
+    const uint8_t *p, *end;
+} rd;
+
+static int rd_varint(rd *r, uint64_t *out)
 {
-    int on = PyObject_IsTrue(arg);
-    if (on < 0)
+    uint64_t v = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+        if (r->p >= r->end)
+            return 0;
+        uint8_t b = *r->p++;
+        if (shift == 63 && b > 1)
+            return 0;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Skips a value of wire type wt. 0 on malformed input. */
+static int rd_skip(rd *r, int wt, const uint8_t **val, size_t *len)
+{
+    uint64_t v;
+    switch (wt) {
+    case 0:
+        return rd_varint(r, &v);
+    case 1:
+        if (r->end - r->p < 8)
+            return 0;
+        r->p += 8;
+        return 1;
+    case 2:
+        if (!rd_varint(r, &v) || v > (uint64_t)(r->end - r->p))
+            return 0;
+        if (val) {
+            *val = r->p;
+            *len = (size_t)v;
+        }
+        r->p += v;
+        return 1;
+    case 5:
+        if (r->end - r->p < 4)
+            return 0;
+        r->p += 4;
+        return 1;
+    default: /* groups (3, 4) and 6, 7 */
+        return 0;
+    }
+}
+
+typedef struct {
+    Py_ssize_t n;
+    uint8_t *key;
+    uint32_t *start, *period;
+    uint8_t *rtype, *has_dso;
+    int32_t *trl, *dso;
+    PyObject *objs[7];
+} cols_out;
+
+static int cols_alloc(cols_out *c, Py_ssize_t n)
+{
+    Py_ssize_t sizes[7] = {16 * n, 4 * n, 4 * n, n, 4 * n, 4 * n, n};
+    for (int i = 0; i < 7; i++)
+        if (!(c->objs[i] = PyBytes_FromStringAndSize(NULL, sizes[i])))
+            return 0;
+    c->key = (uint8_t *)PyBytes_AS_STRING(c->objs[0]);
+    c->start = (uint32_t *)PyBytes_AS_STRING(c->objs[1]);
+    c->period = (uint32_t *)PyBytes_AS_STRING(c->objs[2]);
+    c->rtype = (uint8_t *)PyBytes_AS_STRING(c->objs[3]);
+    c->trl = (int32_t *)PyBytes_AS_STRING(c->objs[4]);
+    c->dso = (int32_t *)PyBytes_AS_STRING(c->objs[5]);
+    c->has_dso = (uint8_t *)PyBytes_AS_STRING(c->objs[6]);
+    c->n = 0;
+    return 1;
+}
+
+static void cols_free(cols_out *c)
+{
+    for (int i = 0; i < 7; i++)
+        Py_CLEAR(c->objs[i]);
+}
+
+static char werr[160];
+
+/* One TemporaryExposureKey. 0 with werr set on error. */
+static int parse_key(const uint8_t *p, size_t len, cols_out *c, const char *field, Py_ssize_t idx)
+{
+    rd r = {p, p + len};
+    int have_key = 0, have_start = 0;
+    uint32_t period = 144;
+    uint8_t rtype = 0, has_dso = 0;
+    int32_t trl = 0, dso = 0;
+    int64_t start = 0;
+    Py_ssize_t i = c->n;
+    while (r.p < r.end) {
+        uint64_t tag, v;
+        if (!rd_varint(&r, &tag) || (tag >> 3) == 0 || (tag >> 3) > 0x1FFFFFFF)
+            goto corrupt;
+        uint64_t f = tag >> 3;
+        int wt = (int)(tag & 7);
+        if (f == 1) {
+            const uint8_t *val;
+            size_t vl;
+            if (wt != 2 || !rd_skip(&r, 2, &val, &vl))
+                goto corrupt;
+            if (vl != 16) {
+                snprintf(werr, sizeof werr, "%s[%zd]: key_data is %zu bytes, expected 16", field, idx, vl);
+                return 0;
+            }
+            memcpy(c->key + 16 * i, val, 16);
+            have_key = 1;
+        } else if (f >= 2 && f <= 6) {
+            if (wt != 0 || !rd_varint(&r, &v))
+                goto corrupt;
+            int32_t s32 = (int32_t)(uint32_t)v; /* int32 fields keep the low 32 bits */
+            if (f == 2)
+                trl = s32;
+            else if (f == 3) {
+                start = s32;
+                have_start = 1;
+            } else if (f == 4) {
+                if (s32 < 1 || s32 > 144) {
+                    snprintf(werr, sizeof werr, "%s[%zd]: rolling_period %d is outside 1..144", field, idx, (int)s32);
+                    return 0;
+                }
+                period = (uint32_t)s32;
+            } else if (f == 5) {
+                if (s32 >= 0 && s32 <= 5)
+                    rtype = (uint8_t)s32; /* a closed proto2 enum: other values are ignored */
+            } else {
+                uint32_t u = (uint32_t)v;
+                dso = (int32_t)((u >> 1) ^ (~(u & 1) + 1)); /* sint32 zigzag */
+                has_dso = 1;
+            }
+        } else if (!rd_skip(&r, wt, NULL, NULL)) {
+            goto corrupt;
+        }
+    }
+    if (!have_key) {
+        snprintf(werr, sizeof werr, "%s[%zd]: key_data is missing", field, idx);
+        return 0;
+    }
+    if (!have_start) {
+        snprintf(werr, sizeof werr, "%s[%zd]: rolling_start_interval_number is missing", field, idx);
+        return 0;
+    }
+    if (start < 0) {
+        snprintf(werr, sizeof werr, "%s[%zd]: negative rolling_start_interval_number", field, idx);
+        return 0;
+    }
+    c->start[i] = (uint32_t)start;
+    c->period[i] = period;
+    c->rtype[i] = rtype;
+    c->trl[i] = trl;
+    c->dso[i] = has_dso ? dso : 0;
+    c->has_dso[i] = has_dso;
+    c->n++;
+    return 1;
+corrupt:
+    snprintf(werr, sizeof werr, "%s[%zd] is not a decodable TemporaryExposureKey", field, idx);
+    return 0;
+}
+
+/* Walks the top level. counting: only count fields 7/8 and size the rest. */
+static int walk_top(const uint8_t *p, size_t len, cols_out *k, cols_out *rv, uint8_t *rest, size_t *rest_len,
+                    Py_ssize_t *nk, Py_ssize_t *nr, int counting)
+{
+    rd r = {p, p + len};
+    size_t rl = 0;
+    Py_ssize_t ck = 0, cr = 0;
+    while (r.p < r.end) {
+        const uint8_t *field_start = r.p;
+        uint64_t tag;
+        if (!rd_varint(&r, &tag) || (tag >> 3) == 0 || (tag >> 3) > 0x1FFFFFFF) {
+            snprintf(werr, sizeof werr, "corrupt field tag at byte %zd", (Py_ssize_t)(field_start - p));
+            return 0;
+        }
+        uint64_t f = tag >> 3;
+        int wt = (int)(tag & 7);
+        const uint8_t *val = NULL;
+        size_t vl = 0;
+        if ((f == 7 || f == 8) && wt != 2) {
+            snprintf(werr, sizeof werr, "%s field has wire type %d", f == 7 ? "keys" : "revised_keys", wt);
+            return 0;
+        }
+        if (!rd_skip(&r, wt, &val, &vl)) {
+            snprintf(werr, sizeof werr, "truncated or corrupt field %llu at byte %zd", (unsigned long long)f,
+                     (Py_ssize_t)(field_start - p));
+            return 0;
+        }
+        if (f == 7 || f == 8) {
+            if (counting) {
+                if (f == 7)
+                    ck++;
+                else
+                    cr++;
+            } else if (!parse_key(val, vl, f == 7 ? k : rv, f == 7 ? "keys" : "revised_keys",
+                                  f == 7 ? k->n : rv->n)) {
+                return 0;
+            }
+        } else {
+            size_t n = (size_t)(r.p - field_start);
+            if (!counting)
+                memcpy(rest + rl, field_start, n);
+            rl += n;
+        }
+    }
+    *rest_len = rl;
+    if (counting) {
+        *nk = ck;
+        *nr = cr;
+    }
+    return 1;
+}
+
+static PyObject *cols_tuple(cols_out *c)
+{
+    PyObject *t = Py_BuildValue("(nOOOOOOO)", c->n, c->objs[0], c->objs[1], c->objs[2], c->objs[3], c->objs[4],
+                                c->objs[5], c->objs[6]);
+    return t;
+}
+
+PyDoc_STRVAR(walk_export_doc,
+             "walk_export(data, offset, max_keys) -> (rest, keys, revised_keys): the protobuf after\n"
+             "`offset` bytes of `data`. rest: the other top-level fields' bytes; keys, revised_keys:\n"
+             "(n, key_data, start u32, period u32, report_type u8, trl i32, dso i32, has_dso u8),\n"
+             "native byte order. ValueError names what is malformed; more than max_keys keys in\n"
+             "either field is a ValueError before any key is parsed.");
+
+static PyObject *mc_walk_export(PyObject *self, PyObject *args)
+{
+    Py_buffer in;
+    Py_ssize_t offset, max_keys;
+    if (!PyArg_ParseTuple(args, "y*nn", &in, &offset, &max_keys))
         return NULL;
-#if MC_X86
-    sha256_block = (on && have_sha) ? sha256_block_ni : sha256_block_c;
-    return PyBool_FromLong(sha256_block == sha256_block_ni);
-#else
-    return PyBool_FromLong(0);
-#endif
+    PyObject *result = NULL, *rest = NULL;
+    cols_out k, rv;
+    memset(&k, 0, sizeof k);
+    memset(&rv, 0, sizeof rv);
+    if (offset < 0 || offset > in.len) {
+        PyErr_SetString(PyExc_ValueError, "offset outside the data");
+        goto done;
+    }
+    const uint8_t *p = (const uint8_t *)in.buf + offset;
+    size_t len = (size_t)(in.len - offset), rest_len = 0;
+    Py_ssize_t nk = 0, nr = 0;
+    werr[0] = 0;
+    if (!walk_top(p, len, NULL, NULL, NULL, &rest_len, &nk, &nr, 1)) {
+        PyErr_SetString(PyExc_ValueError, werr);
+        goto done;
+    }
+    if (nk > max_keys || nr > max_keys) {
+        PyErr_Format(PyExc_OverflowError, "%zd %s, over the limit of %zd per batch", nk > max_keys ? nk : nr,
+                     nk > max_keys ? "keys" : "revised keys", max_keys);
+        goto done;
+    }
+    if (!cols_alloc(&k, nk) || !cols_alloc(&rv, nr) || !(rest = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)rest_len)))
+        goto done;
+    if (!walk_top(p, len, &k, &rv, (uint8_t *)PyBytes_AS_STRING(rest), &rest_len, NULL, NULL, 0)) {
+        PyErr_SetString(PyExc_ValueError, werr);
+        goto done;
+    }
+    PyObject *kt = cols_tuple(&k), *rt = cols_tuple(&rv);
+    if (kt && rt)
+        result = Py_BuildValue("(ONN)", rest, kt, rt);
+    else {
+        Py_XDECREF(kt);
+        Py_XDECREF(rt);
+    }
+done:
+    Py_XDECREF(rest);
+    cols_free(&k);
+    cols_free(&rv);
+    PyBuffer_Release(&in);
+    return result;
 }
 
 static PyMethodDef mc_methods[] = {
     {"available", mc_available, METH_NOARGS, available_doc},
-    {"features", mc_features, METH_NOARGS, features_doc},
+    {"bind_crypto", mc_bind_crypto, METH_O, bind_crypto_doc},
     {"rpik", mc_rpik, METH_O, rpik_doc},
-    {"derive", mc_derive, METH_O, derive_doc},
+    {"derive", mc_derive, METH_VARARGS, derive_doc},
     {"build_index", mc_build_index, METH_VARARGS, build_index_doc},
     {"scan", mc_scan, METH_VARARGS, scan_doc},
-    {"_use_sha_ni", mc_use_sha_ni, METH_O, use_sha_ni_doc},
+    {"walk_export", mc_walk_export, METH_VARARGS, walk_export_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef mc_module = {
     PyModuleDef_HEAD_INIT, "tracecode._matchcore",
-    "Native Exposure Notification RPI derivation and lookup (optional).", -1, mc_methods,
+    "Native Exposure Notification RPI derivation and lookup, and export.bin columns (optional).", -1,
+    mc_methods,
 };
 
 PyMODINIT_FUNC PyInit__matchcore(void)
 {
-    detect_cpu();
-    init_zero_key_states();
-#if MC_X86
-    if (have_sha)
-        sha256_block = sha256_block_ni;
-#endif
     return PyModule_Create(&mc_module);
 }
