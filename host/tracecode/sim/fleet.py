@@ -11,6 +11,15 @@ from .core import Scheduler
 from .radio import Medium, Path, RadioParams
 
 DEFAULT_START_UNIX = 1709280000   # 2024-03-01T08:00:00Z
+BACKENDS = ("vm", "imitation")
+
+
+def default_backend() -> str:
+    """TRACECODE_SIM_BACKEND if set (vm | imitation), else the imitation."""
+    b = os.environ.get("TRACECODE_SIM_BACKEND", "").strip().lower()
+    if b in BACKENDS:
+        return b
+    return "imitation"
 
 
 class Fleet(Scheduler):
@@ -18,8 +27,11 @@ class Fleet(Scheduler):
 
     def __init__(self, workdir: str | os.PathLike | None = None, *, seed: int = 0,
                  start_unix: float = DEFAULT_START_UNIX, radio: RadioParams | None = None,
-                 realtime: bool = False, pin_cpu: bool | None = None):
+                 realtime: bool = False, pin_cpu: bool | None = None, backend: str | None = None):
         super().__init__(realtime=realtime, pin_cpu=pin_cpu)
+        self.backend = backend or default_backend()
+        if self.backend not in BACKENDS:
+            raise ValueError("unknown simulator backend %r (vm or imitation)" % self.backend)
         self.workdir = FsPath(workdir) if workdir is not None else FsPath(tempfile.mkdtemp(prefix="tcsim-"))
         self.seed = seed
         self.start_unix = float(start_unix)
@@ -39,8 +51,14 @@ class Fleet(Scheduler):
         if name in self.badges:
             raise ValueError("badge %r exists" % name)
         fd = FsPath(flash_dir) if flash_dir is not None else self.workdir / name / "flash"
-        b = Badge(self, name, fd, position=position, path=path, board=board,
-                  seed=self.seed, **kw)
+        backend = kw.pop("backend", None) or self.backend
+        if backend == "vm":
+            from .vmbadge import VMBadge
+            b = VMBadge(self, name, fd, position=position, path=path, board=board,
+                        seed=self.seed, **kw)
+        else:
+            b = Badge(self, name, fd, position=position, path=path, board=board,
+                      seed=self.seed, **kw)
         if firmware_dir is not None:
             b.install_firmware(firmware_dir)
         if aioble_dir is not None:
