@@ -337,12 +337,15 @@ def load_sources(sources: Sequence[str], *, pubkeys: Sequence = (), allow_unsign
             out.stats_locations.append((src, base))
         else:
             p = Path(src)
-            paths = exports_source.expand(src, cache, keys, chain)
+            if p.name == "index.txt" and p.is_file():      # an index file stands for its folder
+                p = p.parent
+            paths = exports_source.expand(str(p), cache, keys, chain)
             if p.is_dir() and (p / "index.txt").exists():
                 rels = export.read_index((p / "index.txt").read_text(errors="replace"))
                 out.chain[src] = _chain_records(paths, rels, keys)
                 root = rels[0].split("/", 1)[0] if rels and "/" in rels[0] else ""
-                loc = p / root if root and (p / root).is_dir() else p
+                cands = ([p / root] if root else []) + [p] + sorted(q for q in p.iterdir() if q.is_dir())
+                loc = next((c for c in cands if (c / STATS_FILE).is_file()), cands[0])
                 out.stats_locations.append((src, str(loc)))
             else:
                 rels = [q.name for q in paths]

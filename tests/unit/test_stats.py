@@ -419,3 +419,20 @@ def test_local_chain_detects_a_removed_batch(tmp_path, capsys):
     (ks.www / "index.txt").write_text("\n".join([lines[0], lines[2]]))
     assert main(["stats", "--exports", str(ks.www), "--pubkey", str(ks.public_key_path())]) == 3
     assert "chain broken" in capsys.readouterr().err
+
+
+def test_empty_server_and_index_file_path(tmp_path, capsys):
+    from tracecode.keyserver import KeyServer
+
+    ks = KeyServer.init(tmp_path / "empty")
+    pub = str(ks.public_key_path())
+    png = tmp_path / "e.png"
+    assert main(["stats", "--exports", str(ks.www), "--pubkey", pub, "--check-server-stats", "--json",
+                 "--png", str(png)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["keys"]["distinct"] == 0 and doc["by_publication_day"] == {} and png.stat().st_size > 5000
+    full = _server_with_uploads(tmp_path / "full")
+    assert main(["stats", "--exports", str(full.www / "tc" / "index.txt"), "--pubkey", str(full.public_key_path()),
+                 "--check-server-stats", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["keys"]["distinct"] == 3 * 4 * 14 and list(doc["chain"].values()) == ["verified"]
