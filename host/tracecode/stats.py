@@ -17,6 +17,7 @@ import base64
 import datetime as _dt
 import json
 import math
+import sys
 import urllib.parse
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -355,8 +356,6 @@ def load_sources(sources: Sequence[str], *, pubkeys: Sequence = (), allow_unsign
             if b.signature == "unchecked" and not allow_unchecked:
                 raise SignatureError(f"{path}: signed, but no --pubkey was given to verify it "
                                      "(pass the server's --pubkey PEM, or --allow-unchecked to count unverified keys)")
-            if b.signature == "unsigned" and not keys and not allow_unsigned:
-                raise SignatureError(f"{path}: unsigned (no export.sig); pass --allow-unsigned to count it anyway")
             out.batches.append(b)
             out.names.append(rel)
             out.origins.append(src)
@@ -527,6 +526,11 @@ def register(sub) -> None:
 def cmd_stats(args) -> int:
     loaded = load_sources(args.exports, pubkeys=args.pubkey or (), allow_unsigned=args.allow_unsigned,
                           allow_unchecked=args.allow_unchecked, cache_dir=args.cache, chain=not args.no_chain)
+    for status, flag in (("unchecked", "--allow-unchecked"), ("unsigned", "no export.sig")):
+        n = sum(1 for b in loaded.batches if b.signature == status)
+        if n:
+            print(f"tracecode: warning: {n} batches counted without verifying a signature ({flag})",
+                  file=sys.stderr)
     doc = compute(loaded.batches, sources=loaded.names)
     doc["chain"] = loaded.chain
     if args.check_server_stats:
