@@ -163,3 +163,14 @@ def test_trusted_proxy_rate_limits_each_forwarded_client(ks):
         got = [post(port, b"10.0.0.%d" % (i % 2)) for i in range(22)]
     # two clients behind the proxy: each has its own 10 failed attempts
     assert got[:20] == [b"403"] * 20 and got[20:] == [b"429", b"429"]
+
+
+def test_serve_rejects_bad_limits(tmp_path, capsys):
+    from tracecode.cli import main
+
+    d = str(tmp_path / "k")
+    assert main(["keyserver", "init", "--dir", d]) == 0
+    for opt in (["--threads", "0"], ["--connection-limit", "0"], ["--request-deadline", "0"], ["--port", "70000"]):
+        assert main(["keyserver", "serve", "--dir", d, *opt]) == 2, opt
+    err = capsys.readouterr().err
+    assert err.count("tracecode: error:") == 4 and "Traceback" not in err
