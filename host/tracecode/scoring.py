@@ -49,7 +49,7 @@ class ScoringConfig:
     yellow_threshold: float = 300.0
     rule: str = "en"                    # "en" (bucket sums) or "tracecode" (duration + proximity)
     gate_db: int = 66                   # tools/calibrate.py (fitted channel, all scenarios)
-    proximity_db: float = 59.0
+    proximity_db: float = 60.0
     proximity_quantile: float = 0.2
     min_minutes: float = 15.0
     red_minutes: float = 30.0

@@ -149,8 +149,8 @@ def _cfg_json(cfg: ScoringConfig) -> dict:
 # ---------------------------------------------------------------------------- TraceCode's rule
 
 TRACECODE_GRID = {
-    "gate_db": (62, 64, 66, 68, 70, 72, 75),
-    "proximity_quantile": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
+    "gate_db": (62, 64, 66, 68, 70, 72, 75, 80),
+    "proximity_quantile": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
     "proximity_db": tuple(float(x) for x in range(52, 69)),
 }
 

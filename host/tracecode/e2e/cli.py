@@ -27,6 +27,7 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, out: str = "out/e2e", mo
                         "synthetic: badge logs computed from the geometry (fast)")
     p.add_argument("--out", type=Path, default=Path(out), help=f"report folder (default {out})")
     p.add_argument("--scoring", help="JSON with thresholds_db / bucket_weights (e.g. tools/calibrate.py --out)")
+    p.add_argument("--radio", help="override the scenario's radio: section (ideal or fitted; docs/channel.md)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-report", action="store_true", help="skip the PNG/HTML report")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON document")
@@ -42,19 +43,24 @@ def run(args) -> int:
             raise InputError(f"{path}: no such scenario file")
         say = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
         res = run_scenario(path, args.out / path.stem, mode=args.mode, scoring=args.scoring, seed=args.seed,
-                           report=not args.no_report, progress=say)
+                           report=not args.no_report, progress=say, radio=getattr(args, "radio", None))
         results.append(res)
     if args.json:
         from ..cli import print_json
 
-        keep = ("scenario", "mode", "people", "days", "precision", "recall", "metrics", "health_codes",
-                "per_person", "rule", "scoring", "wall_s", "report")
+        keep = ("scenario", "mode", "people", "days", "precision", "recall", "f1", "metrics", "baselines",
+                "f1_minus_best_baseline", "health_codes", "per_person", "rule", "scoring", "radio", "wall_s", "report")
         print_json({"scenarios": [{k: r[k] for k in keep if k in r} for r in results]})
         return 0
     for r in results:
         m = r["metrics"]
         print(f"{r['scenario']:<10} precision {r['precision']:.3f}  recall {r['recall']:.3f}  "
               f"(TP {m['tp']} FP {m['fp']} FN {m['fn']} TN {m['tn']})  wall {r['wall_s']:.1f} s  [{r['mode']}]")
+        for name, b in r.get("baselines", {}).items():
+            print(f"           {name:<16} precision {b['precision']:.3f}  recall {b['recall']:.3f}  F1 {b['f1']:.3f}"
+                  f"  (same logs)")
+        if "f1" in r:
+            print(f"           TraceCode F1 {r['f1']:.3f}, {r['f1_minus_best_baseline']:+.3f} vs the best EN rule")
         codes = " ".join(f"{p}={c}" for p, c in r["health_codes"].items())
         print(f"           health codes: {codes}")
         if "report" in r:

@@ -157,8 +157,8 @@ def params_from(spec: Any, *, default_kind: str = "fitted") -> ChannelParams:
         if env not in ENVIRONMENTS:
             raise InputError(f"radio: environment {env!r} (one of {', '.join(ENVIRONMENTS)})")
         p.environment = env
-    # the simulator's historic keys (docs/sim.md) map onto the ideal model
-    legacy = {"rssi_1m": "ideal_att_1m_db" if kind == "ideal" else "att_1m_db", "exponent": "ideal_exponent", "noise_db": "ideal_noise_db",
+    # the simulator's historic keys (docs/sim.md) configure the ideal model only
+    legacy = {"rssi_1m": "ideal_att_1m_db", "exponent": "ideal_exponent", "noise_db": "ideal_noise_db",
               "noise_clip": "ideal_noise_clip"}
     known = set(ChannelParams.__dataclass_fields__)
     for k, v in spec.items():
