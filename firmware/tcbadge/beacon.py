@@ -15,7 +15,8 @@ _WAIT_CLOCK_MS = const(5000)
 
 
 class Beacon:
-    def __init__(self, radio, clock, keys, config, profile, aes_factory, urandom=None, on_rotate=None):
+    def __init__(self, radio, clock, keys, config, profile, aes_factory, urandom=None, on_rotate=None,
+                 on_beat=None):
         self.radio = radio
         self.clock = clock
         self.keys = keys
@@ -31,6 +32,7 @@ class Beacon:
         self.own = []  # current and previous RPI, for the scanner to ignore
         self.rotations = 0
         self.on_rotate = on_rotate  # called with the RPIs to ignore when scanning
+        self.on_beat = on_beat  # called at every turn of run() (the supervisor's progress check)
 
     def metadata(self):
         return crypto.metadata(self.config["tx_power_dbm"], self.profile.get("calibration_confidence"))
@@ -75,6 +77,8 @@ class Beacon:
     async def run(self):
         interval_us = self.config["adv_interval_ms"] * 1000
         while True:
+            if self.on_beat is not None:
+                self.on_beat()
             if not self.clock.is_set():
                 await asyncio.sleep_ms(_WAIT_CLOCK_MS)
                 continue

@@ -61,6 +61,7 @@ class Host:
         if need_auth and not self._authed:
             _err("auth", "authenticate first")
             return
+        tcbadge.RUN["host_busy"] = 1  # the resume watch (watch.py) never cuts a call short
         try:
             fn(*args)
         except (ValueError, TypeError, KeyError) as e:
@@ -69,6 +70,9 @@ class Host:
             _err("os", "flash error %s" % (e.args[0] if e.args else ""))
         except Exception as e:
             _err("internal", type(e).__name__)
+        finally:
+            tcbadge.RUN["host_busy"] = 0
+            tcbadge.RUN["host_t"] = time.ticks_ms()
 
     # -- no authentication
     def hello(self):

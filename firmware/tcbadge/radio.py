@@ -1,6 +1,13 @@
 # Radio layer: aioble when it is installed on the badge, otherwise a minimal driver over
 # MicroPython's low-level `bluetooth` API (the same calls aioble makes). The BLE object is
 # passed in or created here and owned by this object, never kept in a module global.
+#
+# The IRQ handler must never raise: MicroPython (extmod/modbluetooth.c) prints the error and
+# switches the handler off for the rest of the boot, so one bad sighting (a MemoryError, a
+# bug) would end all scanning. `_irq` catches every Exception and counts it (`irq_errors`);
+# the handler is registered again at every scan, so even an escaped error costs at most
+# that window. Every scan has a deadline (window + grace), with aioble too, so a scan-done
+# event that never comes cannot hold the radio lock.
 import asyncio
 import time
 
@@ -39,6 +46,9 @@ class Radio:
         self._done = True
         self.adverts_started = 0
         self.addresses = 0
+        self._irq_cb = self._irq  # one bound method, registered at start and at each scan
+        self.irq_errors = 0  # exceptions caught in the IRQ handler (each cost one event)
+        self.scan_timeouts = 0  # scans ended by the deadline, not by the stack's scan-done
 
     def kind(self):
         return "aioble" if self.aioble is not None else "bluetooth"
@@ -47,7 +57,7 @@ class Radio:
         if not self.ble.active():
             self.ble.active(True)
         if self.aioble is None:
-            self.ble.irq(self._irq)
+            self.ble.irq(self._irq_cb)
 
     def _stop_adv(self):
         try:
@@ -68,13 +78,17 @@ class Radio:
     def _irq(self, event, data):
         # Runs in the BLE IRQ: fold the sighting into the preallocated table (no allocation;
         # adv_data is only valid during this call), flag the end of the scan, return.
-        if event == _IRQ_SCAN_RESULT:
-            agg = self._agg
-            if agg is not None:
-                agg.feed(data[4], data[3])
-        elif event == _IRQ_SCAN_DONE:
-            self._done = True
-            self._flag.set()
+        # Nothing escapes: an exception here would disable the handler (see the top).
+        try:
+            if event == _IRQ_SCAN_RESULT:
+                agg = self._agg
+                if agg is not None:
+                    agg.feed(data[4], data[3])
+            elif event == _IRQ_SCAN_DONE:
+                self._done = True
+                self._flag.set()
+        except Exception:  # noqa: BLE001 - costs this one event; counted, never raised
+            self.irq_errors += 1
 
     def new_address(self):
         # A fresh non-resolvable private address (advertising and scanning must be stopped).
@@ -107,16 +121,18 @@ class Radio:
         # One passive scan window; every sighting is folded into agg as it arrives.
         async with self.lock:
             if self.aioble is not None:
-                async with self.aioble.scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US,
-                                            active=False) as results:
-                    async for r in results:
-                        if r.adv_data:
-                            agg.feed(r.adv_data, r.rssi)
+                try:
+                    await asyncio.wait_for_ms(self._aioble_scan(duration_ms, agg),
+                                              duration_ms + _DONE_GRACE_MS)
+                except asyncio.TimeoutError:
+                    self.scan_timeouts += 1
+                    self._stop_scan()
                 return
             self._done = False
             self._flag.clear()
             self._agg = agg
             try:
+                self.ble.irq(self._irq_cb)  # again each scan: cheap, and undoes a disabled handler
                 try:
                     self.ble.gap_scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US, False)
                 except OSError:
@@ -135,6 +151,20 @@ class Radio:
                     except asyncio.TimeoutError:
                         pass
                 if not self._done:
+                    self.scan_timeouts += 1
                     self._stop_scan()
             finally:
                 self._agg = None
+
+    async def _aioble_scan(self, duration_ms, agg):
+        aioble = self.aioble
+        if aioble is None:
+            return
+        async with aioble.scan(duration_ms, _SCAN_INTERVAL_US, _SCAN_WINDOW_US,
+                                    active=False) as results:
+            async for r in results:
+                if r.adv_data:
+                    try:
+                        agg.feed(r.adv_data, r.rssi)
+                    except Exception:  # noqa: BLE001 - same rule as the IRQ path
+                        self.irq_errors += 1

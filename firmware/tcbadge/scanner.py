@@ -3,9 +3,11 @@
 #
 # RAM is bounded and the IRQ path never allocates: the BLE IRQ handler filters the advert
 # and folds the sighting straight into a preallocated table (open addressing on a 30-bit
-# small-int key, so no dict growth and no bytes objects). The stack may deliver a whole
-# window's results in one burst; aggregating at once means a burst cannot overflow a
-# queue. The task reads the table only after the scan is done (single writer at a time)
+# small-int key, so no dict growth and no bytes objects). MicroPython on the 32-bit ESP32
+# keeps ints below 2**30 as small ints and allocates a long int above; every value the IRQ
+# path computes stays below 2**30 (the key is built from 16-bit halves, never `b << 24`).
+# The stack may deliver a whole window's results in one burst; aggregating at once means a
+# burst cannot overflow a queue. The task reads the table only after the scan is done (single writer at a time)
 # and writes the records to flash.
 #
 # Overload policy (what goes first): when more distinct RPIs than `capacity` (256) are
@@ -19,7 +21,6 @@ from micropython import const
 from . import advert
 
 _ID = const(20)
-_KEYMASK = const(0x3FFFFFFF)
 
 
 class Aggregator:
@@ -55,7 +56,9 @@ class Aggregator:
         self.t0 = time.ticks_ms()
 
     def _is_own(self, buf, off):
-        for rpi in self.own:
+        own = self.own
+        for i in range(len(own)):
+            rpi = own[i]
             same = True
             for j in range(16):
                 if rpi[j] != buf[off + j]:
@@ -74,7 +77,9 @@ class Aggregator:
         self.add(adv, off, rssi, time.ticks_diff(time.ticks_ms(), self.t0))
 
     def add(self, buf, off, rssi, t_ms):
-        k = (buf[off] | (buf[off + 1] << 8) | (buf[off + 2] << 16) | (buf[off + 3] << 24)) & _KEYMASK
+        # 30-bit key: low half from bytes 0-1, high half from byte 2 and 6 bits of byte 3;
+        # the largest intermediate value is 0x3FFF << 16 < 2**30 (a small int on 32 bits).
+        k = ((buf[off + 2] | ((buf[off + 3] & 0x3F) << 8)) << 16) | buf[off] | (buf[off + 1] << 8)
         hm = self._hmask
         h = k & hm
         ht = self._hash
