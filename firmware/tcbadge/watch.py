@@ -71,7 +71,7 @@ class Watch:
         return g
 
     def start(self):
-        t = self.machine.Timer(-1)
+        t = self.machine.Timer(0)  # ESP32: hardware timer 0, callback scheduled (soft)
         t.init(mode=self.machine.Timer.PERIODIC, period=_PERIOD_MS, callback=self._cb)
         self.timer = t
         return self
