@@ -74,6 +74,27 @@ def _keys_of(keys) -> list[_Key]:
             for k in keys]
 
 
+def _batch_keys(b: export.ExportBatch) -> list[_Key]:
+    """A batch's keys and revised keys, read from its columns when it has them (no key objects)."""
+    out: list[_Key] = []
+    for name, fallback in (("key_columns", "keys"), ("revised_columns", "revised_keys")):
+        cols = getattr(b, name, None)
+        if cols is None:
+            out += _keys_of(getattr(b, fallback))
+            continue
+        kd = cols.key_data
+        out += [_Key(kd[16 * i:16 * i + 16], s, p, r, t, d if h else None)
+                for i, (s, p, r, t, d, h) in enumerate(zip(
+                    cols.start.tolist(), cols.period.tolist(), cols.report_type.tolist(),
+                    cols.transmission_risk.tolist(), cols.days_since_onset.tolist(), cols.has_onset.tolist()))]
+    return out
+
+
+def _count(b, columns: str, objects: str) -> int:
+    cols = getattr(b, columns, None)
+    return len(cols) if cols is not None else len(getattr(b, objects))
+
+
 def _gcd_all(values: Iterable[int]) -> int:
     g = 0
     for v in values:
@@ -127,7 +148,8 @@ def _detect_padding(batches: Sequence[export.ExportBatch], per_file: list[list[_
                            f"each real key appears to be published with {g - 1} fake copies")
     # 3. A floor on the file size (a server that pads small files up to a minimum count).
     floor = None
-    sizes = {b.sha256: len(b.keys) + len(b.revised_keys) for b in batches if b.batch_num == b.batch_size}
+    sizes = {b.sha256: _count(b, "key_columns", "keys") + _count(b, "revised_columns", "revised_keys")
+             for b in batches if b.batch_num == b.batch_size}
     counts = sorted(sizes.values())     # each distinct file once (the last file of a set may be short)
     if len(counts) >= _MIN_FILES_FOR_FLOOR and counts[0] >= _MIN_FLOOR:
         lo = counts[0]
@@ -160,7 +182,7 @@ def _detect_padding(batches: Sequence[export.ExportBatch], per_file: list[list[_
 
 def compute(batches: Sequence[export.ExportBatch], *, sources: Sequence[str] | None = None) -> dict:
     """The aggregate of verified batches (oldest first). Deterministic: a function of the batches only."""
-    per_file = [_keys_of(b.keys) + _keys_of(b.revised_keys) for b in batches]
+    per_file = [_batch_keys(b) for b in batches]
     padding = _detect_padding(batches, per_file)
     multiplier = padding["multiplier"]
     seen: dict[tuple[bytes, int], int] = {}          # (key, rsin) -> current report type
@@ -228,7 +250,8 @@ def compute(batches: Sequence[export.ExportBatch], *, sources: Sequence[str] | N
         "format": STATS_FORMAT,
         "batches": [{"file": (sources[i] if sources else Path(b.source).name), "export_sha256": b.sha256,
                      "start_timestamp": b.start_timestamp, "end_timestamp": b.end_timestamp,
-                     "keys": len(b.keys), "revised_keys": len(b.revised_keys), "signature": b.signature}
+                     "keys": _count(b, "key_columns", "keys"),
+                     "revised_keys": _count(b, "revised_columns", "revised_keys"), "signature": b.signature}
                     for i, b in enumerate(batches)],
         "signatures": dict(sorted(sigs.items())),
         "keys": {"published_entries": total_entries, "distinct": len(seen), "duplicates": duplicates,
