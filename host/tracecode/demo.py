@@ -9,17 +9,26 @@ written, and the other badges' sighting logs are matched against it.
 from __future__ import annotations
 
 import argparse
+import builtins
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from . import en, export
+from .errors import TraceCodeError
 from .matcher import Sighting, evaluate, write_sightings_csv
 
 
-def _host_only_demo(workdir: Path, seed: int) -> int:
+def _host_only_demo(workdir: Path, seed: int, as_json: bool = False) -> int:
     rng = random.Random(seed)
+    # With --json the narration goes to stderr and stdout holds one JSON document.
+    out = sys.stderr if as_json else sys.stdout
+
+    def print(*a, **kw):   # noqa: A001 - the narration below stays readable as print()
+        builtins.print(*a, file=out, **kw)
+
     day0 = (int(time.time()) // 86400 - 2) * 86400
     rsin = en.enin(day0)
     tx = -4
@@ -61,13 +70,20 @@ def _host_only_demo(workdir: Path, seed: int) -> int:
     loaded = export.load_batch(batch, pubkeys=[pub])
     print(f"4. batch signature: {loaded.signature}; matching each badge's log")
     codes = {"alice": "red"}
+    minutes = {}
     for name in logs:
         res = evaluate(loaded.keys, logs[name], jobs=1)
         codes[name] = res.health_code
-        mins = sum(w.to_json()["duration_s"] for w in res.windows) // 60
+        mins = minutes[name] = sum(w.to_json()["duration_s"] for w in res.windows) // 60
         print(f"   {name:6s} {len(res.matches):3d} matched sightings, {mins:3d} exposure minutes -> {res.health_code}")
     print("5. health codes: " + ", ".join(f"{n} {c}" for n, c in codes.items()))
-    assert codes == {"alice": "red", "bob": "red", "carol": "green"}, codes
+    if codes != {"alice": "red", "bob": "red", "carol": "green"}:
+        raise TraceCodeError(f"demo produced unexpected health codes {codes}")
+    if as_json:
+        from .cli import print_json
+        print_json({"day": day0, "batch": str(batch), "signature": loaded.signature,
+                    "keys": len(keys), "sightings": {n: len(v) for n, v in logs.items()},
+                    "exposure_minutes": minutes, "health_codes": codes})
     return 0
 
 
@@ -79,9 +95,9 @@ def cmd_demo(args) -> int:
     if args.workdir:
         wd = Path(args.workdir)
         wd.mkdir(parents=True, exist_ok=True)
-        return _host_only_demo(wd, args.seed)
+        return _host_only_demo(wd, args.seed, args.json)
     with tempfile.TemporaryDirectory(prefix="tracecode-demo-") as d:
-        return _host_only_demo(Path(d), args.seed)
+        return _host_only_demo(Path(d), args.seed, args.json)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,10 @@
-"""Progress reporting: a callback in the library, a rich bar in the CLI (only on a terminal)."""
+"""Progress reporting: a callback in the library, live lines in the CLI (only on a terminal).
+
+On a terminal (stderr is a tty) `BadgeLines` draws one line per badge: a bar, bytes and rate
+(sync, by chunk) or step i/n (flash), and the current stage; `progress_bar` draws one bar
+(`sim run`). When stderr is not a terminal they draw nothing, and commands print only their
+summary lines: logs and CI output stay readable, and `--json` stdout holds only the JSON.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,18 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 
+def _tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 @contextmanager
 def progress_bar(description: str, *, enabled: bool | None = None) -> Iterator[Callable[[int, int], None]]:
     """Yields `update(done, total)`. Draws on stderr when it is a terminal, else does nothing."""
     if enabled is None:
-        enabled = sys.stderr.isatty()
+        enabled = _tty()
     if not enabled:
         yield lambda done, total: None
         return
@@ -32,3 +45,62 @@ def progress_bar(description: str, *, enabled: bool | None = None) -> Iterator[C
             prog.update(task, completed=done, total=total)
 
         yield update
+
+
+class BadgeLines:
+    """One live line per badge on stderr when it is a terminal; silent otherwise.
+
+    `line(label, unit)` returns `update(stage, done, total)`; unit "bytes" shows
+    done/total bytes and the rate, unit "steps" shows step done/total. A total of 0 shows
+    "nothing to do" rather than an unknown size.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = bool(enabled) and _tty()
+        self._p = None
+
+    def __enter__(self) -> "BadgeLines":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            self._p = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24),
+                               TextColumn("{task.fields[amount]:>22}"),
+                               TextColumn("{task.fields[stage]}"),
+                               console=Console(stderr=True))
+            self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)
+            self._p = None
+
+    def line(self, label: str, unit: str = "bytes") -> Callable[[str, int, int], None]:
+        if self._p is None:
+            return lambda *a: None
+        prog = self._p
+        task = prog.add_task(label, total=None, stage="", amount="")
+
+        def update(stage: str, done: int, total: int) -> None:
+            if unit == "steps":
+                amount = f"step {done}/{total}"
+            elif not total:
+                amount, done, total = "nothing new", 1, 1
+            else:
+                speed = prog.tasks[task].speed if task < len(prog.tasks) else None
+                amount = f"{_kib(done)}/{_kib(total)}" + (
+                    f" {_kib(speed)}/s" if speed else "")
+            prog.update(task, completed=done, total=total or None, stage=stage, amount=amount)
+        return update
+
+    def note(self, text: str) -> None:
+        """A log line above the live lines (terminal only)."""
+        if self._p is not None:
+            self._p.console.print(text, markup=False, highlight=False)
+
+
+def _kib(n: float | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"

@@ -126,8 +126,9 @@ def test_installed_flash_then_status_on_a_virtual_badge(installed):
         assert "virtual badge running" in badge.stdout.readline()
         url = f"socket://127.0.0.1:{port}"
         fl = _run([tc, "flash", "--skip-image", "--no-aioble", "--board", "esp32-devkitc",
-                   "--port", url, "--db", "fleet.sqlite"], cwd=work, timeout=120)
-        assert "flashed badge" in fl.stdout
+                   "-p", url, "--db", "fleet.sqlite", "--json"], cwd=work, timeout=120)
+        flashed = json.loads(fl.stdout)       # stdout holds only the JSON
+        assert flashed[0]["board"] == "esp32-devkitc" and flashed[0]["badge_id"]
         st = json.loads(_run([tc, "status", "--port", url, "--db", "fleet.sqlite", "--json"],
                              cwd=work).stdout)
         assert st["errors"] == []

@@ -129,7 +129,7 @@ def test_db_check_finds_a_corrupted_record(tmp_path, capsys):
     c.close()
     assert main(["db", "check", "--db", str(p), "--json"]) == 2
     out = capsys.readouterr()
-    assert json.loads(out.out)["bad_crc"][0]["id"] == 2 and "failed its check" in out.err
+    assert json.loads(out.out)["bad_crc"][0]["id"] == 2 and "is damaged: 1 record(s) fail their CRC" in out.err
     assert len(out.err.strip().splitlines()) == 1 and "db recover" in out.err
 
 

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Sequence
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import InputError, SignatureError, TraceCodeError
+from ..errors import InputError, NetworkError, SignatureError, TraceCodeError
 from . import chain as chainmod
 
 MAX_INDEX_BYTES = 4 * 1024 * 1024
@@ -36,10 +36,10 @@ def _get(url: str, limit: int) -> bytes:
         with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp:  # noqa: S310 (http(s) only, checked)
             data = resp.read(limit + 1)
     except urllib.error.HTTPError as exc:
-        raise TraceCodeError(f"key server: GET {url} -> HTTP {exc.code}") from None
+        raise NetworkError(f"key server: GET {url} -> HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TraceCodeError(f"key server unreachable: {url} ({reason})") from None
+        raise NetworkError(f"key server unreachable: {url} ({reason})") from None
     if len(data) > limit:
         raise InputError(f"key server: {url} is larger than {limit} bytes")
     return data
@@ -234,6 +234,6 @@ def upload_keys(url: str, code: str, keys: Iterable[Any], *, timeout_s: float = 
             msg = json.loads(exc.read(MAX_CHAIN_BYTES).decode("utf-8")).get("message", "")
         except (ValueError, UnicodeDecodeError, AttributeError):
             msg = ""
-        raise TraceCodeError(f"key server refused the upload: HTTP {exc.code} {msg}".strip()) from None
+        raise NetworkError(f"key server refused the upload: HTTP {exc.code} {msg}".strip()) from None
     except (urllib.error.URLError, OSError) as exc:
-        raise TraceCodeError(f"key server unreachable: {url} ({getattr(exc, 'reason', exc)})") from None
+        raise NetworkError(f"key server unreachable: {url} ({getattr(exc, 'reason', exc)})") from None

@@ -150,7 +150,7 @@ class KeyServer:
         self.keys_dir = self.dir / "keys"
         self.www = self.dir / "www"
         if not self.db_path.is_file() or not self.keys_dir.is_dir():
-            raise TraceCodeError(f"{self.dir} is not a key server folder",
+            raise TraceCodeError(f"{self.dir} is not a key server folder", exit_code=2,
                                  hint=f"run: tracecode keyserver init --dir {self.dir}")
         meta = self._meta()
         self.region = meta.get("region", "TC")

@@ -21,7 +21,7 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 
 
 def _add_ports(p: argparse.ArgumentParser, parallel: bool = True) -> None:
-    p.add_argument("--port", action="append", default=None, metavar="PORT",
+    p.add_argument("-p", "--port", action="append", default=None, metavar="PORT",
                    help="device path or pyserial URL (socket://HOST:PORT); repeatable; "
                         "default: every badge found by USB VID/PID")
     if parallel:
@@ -33,40 +33,10 @@ def _db_path(args) -> Path:
     return Path(args.db) if args.db else default_path()
 
 
-class Progress:
-    """One progress line per badge (rich) when stdout is a terminal; quiet otherwise."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stdout.isatty()
-        self._p = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import (BarColumn, DownloadColumn, Progress as RP, TextColumn,
-                                       TransferSpeedColumn)
-            self._p = RP(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                         TransferSpeedColumn(), TextColumn("{task.fields[stage]}"))
-            self._p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._p is not None:
-            self._p.__exit__(*exc)
-
-    def line(self, label: str):
-        if self._p is None:
-            return lambda *a: None
-        task = self._p.add_task(label, total=None, stage="")
-
-        def update(stage: str, done: int, total: int):
-            self._p.update(task, completed=done, total=total or None, stage=stage)
-        return update
-
-    def print(self, text: str) -> None:
-        if self._p is not None:
-            self._p.console.print(text, markup=False, highlight=False)
-        else:
-            print(text, flush=True)
+def Progress(enabled: bool):
+    """One live line per badge on a terminal (stderr); summaries only otherwise."""
+    from ..progress import BadgeLines
+    return BadgeLines(enabled)
 
 
 def _serve(ports, parallel: int, job):
@@ -114,9 +84,68 @@ def _parse_config(items: list[str] | None) -> dict:
     return out
 
 
+def _firmware_limits(firmware_dir: Path) -> tuple[dict, dict] | None:
+    """DEFAULTS and LIMITS of the firmware about to be installed (its tcbadge/config.py, read
+    as data), so a bad --config is refused before any badge is touched; None if unknown."""
+    import ast
+    try:
+        tree = ast.parse((firmware_dir / "tcbadge" / "config.py").read_text())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(
+                node.targets[0], ast.Name) and node.targets[0].id in ("DEFAULTS", "LIMITS"):
+            try:
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                return None
+    if set(found) != {"DEFAULTS", "LIMITS"}:
+        return None
+    return found["DEFAULTS"], found["LIMITS"]
+
+
+def _check_config(config: dict, firmware_dir: Path) -> None:
+    known = _firmware_limits(firmware_dir)
+    if known is None or not config:
+        return
+    defaults, limits = known
+    merged = dict(defaults)
+    for key, value in config.items():
+        if key not in limits:
+            raise InputError(f"--config {key}: unknown setting (known: {', '.join(sorted(limits))})")
+        lo, hi = limits[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise InputError(f"--config {key}={value!r}: must be an integer in {lo}..{hi}")
+        merged[key] = value
+    if {"scan_window_ms", "scan_every_s"} <= set(merged) and (
+            merged["scan_window_ms"] >= merged["scan_every_s"] * 1000):
+        raise InputError(f"--config: scan_window_ms ({merged['scan_window_ms']}) must be shorter "
+                         f"than scan_every_s ({merged['scan_every_s']} s)")
+
+
+ESP_IMAGE_MAGIC = 0xE9
+
+
+def _check_image(image: Path) -> None:
+    """A MicroPython release .bin starts with an ESP image header (magic 0xE9, segment count,
+    SPI mode/size); anything else (a README, a zip, an ELF) is refused before esptool runs."""
+    if not image.is_file():
+        raise InputError(f"image file missing: {image}")
+    with open(image, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[0] != ESP_IMAGE_MAGIC or not 1 <= head[1] <= 16:
+        raise InputError(f"{image} is not an ESP32 firmware image (no ESP image header; expected "
+                         "a MicroPython .bin from micropython.org/download)")
+
+
 def cmd_flash(args) -> int:
     from . import flasher
 
+    if args.image:
+        _check_image(Path(args.image))
+    if args.board is None:
+        args.board = _board_from_db(args)
     board = flasher.Board.load(args.board, Path(args.boards_dir))
     opts = flasher.FlashOptions(
         board=board, image=Path(args.image) if args.image else None, erase=not args.no_erase,
@@ -124,28 +153,80 @@ def cmd_flash(args) -> int:
         aioble_dir=Path(args.aioble_dir) if args.aioble_dir else None,
         aioble_mip=not args.no_aioble, badge_id=args.badge_id,
         config=_parse_config(args.config), reprovision=args.reprovision, baud=args.baud)
+    _check_config(opts.config, opts.firmware_dir)
     ports = portmod.resolve(args.port)
     if args.badge_id and len(ports) > 1:
         raise InputError("--badge-id names one badge; give a single --port")
     if args.dry_run:
+        plans = []
         with _DryDb(_db_path(args)) as db:
             for p in ports:
-                print(f"# {p.device}" + (" (virtual badge)" if p.is_virtual else ""))
-                for i, step in enumerate(flasher.plan(p, opts, db, {}), 1):
-                    print(f"{i:2d}. [{step.kind}] {step.text}")
+                plans.append({"port": p.device, "virtual": p.is_virtual, "steps": [
+                    {"kind": step.kind, "text": step.text}
+                    for step in flasher.plan(p, opts, db, {})]})
+        if args.json:
+            from ..cli import print_json
+            print_json({"dry_run": True, "board": board.name, "database": str(_db_path(args)),
+                        "badges": plans})
+            return 0
+        for plan in plans:
+            print(f"# {plan['port']}" + (" (virtual badge)" if plan["virtual"] else ""))
+            for i, step in enumerate(plan["steps"], 1):
+                print(f"{i:2d}. [{step['kind']}] {step['text']}")
         return 0
     results = []
     Database(_db_path(args), create=True).close()   # create / migrate once, before workers
     with Progress(not args.json) as prog:
         def job(p):
+            line = prog.line(p.device, unit="steps")
             with Database(_db_path(args), check="none") as db:
                 def on_step(i, n, step):
-                    prog.print(f"{p.device}: [{i + 1}/{n}] {step.text}")
+                    line(f"[{step.kind}] {step.text}"[:60], i + 1, n)
                 return flasher.flash_badge(p, opts, db, on_step=on_step)
         results = _serve(ports, args.parallel, job)
     return _report(results, args, lambda r: f"{r['port']}: flashed badge {r['badge_id']} "
                                             f"({r['board']})" + "".join(
                                                 f"\n  warning: {w}" for w in r["warnings"]))
+
+
+def _board_from_db(args) -> str:
+    path = _db_path(args)
+    boards = set()
+    if path.is_file() and args.port:
+        with Database(path, create=False) as db:
+            for b in db.badges():
+                if b["last_port"] in args.port:
+                    boards.add(b["board"])
+    if len(boards) == 1:
+        return boards.pop()
+    from ..resources import board_names
+    raise InputError("which board? pass --board NAME (known: " + ", ".join(board_names()) + ")",
+                     hint="it is read from the station database only for a badge it has seen "
+                          "on that --port")
+
+
+def cmd_devs(args) -> int:
+    """Badges attached over USB (by VID/PID), like `mpremote devs`; known ones with their id."""
+    found = portmod.detect()
+    known: dict[str, dict] = {}
+    path = _db_path(args)
+    if path.is_file():
+        with Database(path, create=False) as db:
+            for b in db.badges():
+                if b["last_port"]:
+                    known[b["last_port"]] = {"badge_id": b["badge_id"], "board": b["board"]}
+    rows = [{"port": p.device, "kind": p.description, "serial_number": p.serial_number,
+             **known.get(p.device, {"badge_id": None, "board": None})} for p in found]
+    if args.json:
+        from ..cli import print_json
+        print_json({"devices": rows})
+        return 0
+    for r in rows:
+        print(f"{r['port']}  {r['kind']}  {r['serial_number'] or '-'}  "
+              + (f"badge {r['badge_id']} ({r['board']})" if r["badge_id"] else "not in the database"))
+    if not rows:
+        print("no badge found on USB (CP210x, CH34x, FTDI or Espressif USB serial)", file=sys.stderr)
+    return 0
 
 
 class _DryDb:
@@ -222,9 +303,10 @@ def _find_badge_port(db: Database, badge_id: str, given: list[str] | None) -> st
             raise InputError("diagnose serves one badge: give a single --port")
         return given[0]
     row = db.badge(badge_id)
+    last = row["last_port"] if row is not None else None
+    if last and (last.startswith(portmod.URL_SCHEMES) or Path(last).exists()):
+        return last   # where the station last saw this badge (a wrong one is refused by id)
     found = portmod.detect()
-    if row is not None and row["last_port"] and any(p.device == row["last_port"] for p in found):
-        return row["last_port"]
     if len(found) == 1:
         return found[0].device
     if not found:
@@ -232,9 +314,43 @@ def _find_badge_port(db: Database, badge_id: str, given: list[str] | None) -> st
     raise InputError("several badges attached: pass --port for badge " + badge_id)
 
 
+def _check_diagnose_inputs(args) -> None:
+    """Everything that can be checked before a badge or the wearer is involved."""
+    if args.keyserver:
+        if not args.keyserver.startswith(("http://", "https://")):
+            raise InputError(f"--keyserver {args.keyserver!r}: not an http(s) URL")
+        if args.code:
+            try:
+                from ..keyserver.store import _CODE_ALPHABET, _CODE_LEN, normalize_code
+            except ImportError:
+                pass
+            else:
+                norm = normalize_code(args.code)
+                if len(norm) != _CODE_LEN or any(ch not in _CODE_ALPHABET for ch in norm):
+                    raise InputError(f"--code: not a verification code (expected {_CODE_LEN} "
+                                     "characters like XXXX-XXXX-XXXX from `tracecode keyserver "
+                                     "issue-code`)")
+        import urllib.error
+        import urllib.request
+        try:   # any HTTP answer will do: the server is there
+            urllib.request.urlopen(args.keyserver.rstrip("/") + "/index.txt", timeout=5).close()
+        except urllib.error.HTTPError:
+            pass
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            from ..errors import NetworkError
+            raise NetworkError(f"key server unreachable: {args.keyserver} "
+                               f"({getattr(exc, 'reason', exc)})",
+                               hint="checked before asking the wearer; nothing left the badge") from None
+    if args.onset_days is not None and not -14 <= args.onset_days <= 14:
+        raise InputError(f"--onset-days {args.onset_days}: must be in -14..14")
+    if args.signing_key and not Path(args.signing_key).is_file():
+        raise InputError(f"--signing-key {args.signing_key}: no such file")
+
+
 def cmd_diagnose(args) -> int:
     from .diagnose import REPORT_TYPES, diagnose
 
+    _check_diagnose_inputs(args)
     with Database(_db_path(args), create=False) as db:
         port = _find_badge_port(db, args.badge, args.port)
         result = diagnose(
@@ -397,8 +513,17 @@ def cmd_db(args) -> int:
         else:
             _print_check(rep)
         if not rep["ok"]:
-            raise InputError(f"station database {path} failed its check",
-                             hint=RECOVERY_HINT.format(path=path))
+            why = (rep["errors"][:1] or [f"SQLite integrity_check: {'; '.join(rep['integrity'][:2])}"]
+                   if rep["integrity"] != ["ok"] or rep["errors"] else
+                   [f"{len(rep['bad_crc'])} record(s) fail their CRC"] if rep["bad_crc"] else
+                   [f"{len(rep['bad_derived'])} record(s) whose columns disagree with the raw "
+                    "record"] if rep["bad_derived"] else rep["missing_rows"][:1] or
+                   [f"{rep['foreign_key_violations']} foreign-key violation(s)"]
+                   if rep["foreign_key_violations"] else
+                   [f"schema version {rep['schema_version']}, expected "
+                    f"{rep['expected_schema_version']}"])[0]
+            raise InputError(f"station database {path} is damaged: {' '.join(str(why).split())}"
+                             " (full check failed)", hint=RECOVERY_HINT.format(path=path))
         return 0
     with Database(path, create=False) as db:
         if args.db_command == "backup":
@@ -425,7 +550,9 @@ def register(sub) -> None:
     p = sub.add_parser("flash", help="write MicroPython, install the firmware, provision badges")
     _add_ports(p)
     _add_db(p)
-    p.add_argument("--board", required=True, help="board profile name (boards/<name>.json)")
+    p.add_argument("--board", default=None,
+                   help="board profile name (boards/<name>.json); default: the board the "
+                        "station database has for the badge last seen on that port")
     p.add_argument("--image", help="MicroPython firmware image (.bin) for the board's chip")
     p.add_argument("--no-erase", action="store_true", help="do not erase the flash first")
     p.add_argument("--skip-image", action="store_true",
@@ -477,6 +604,11 @@ def register(sub) -> None:
                    help="also query every attached badge (implied by --port)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("devs", help="list badges attached over USB (like `mpremote devs`)")
+    _add_db(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_devs)
 
     p = sub.add_parser("db", help="station database maintenance")
     dsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)

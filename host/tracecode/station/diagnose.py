@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DeviceError, InputError, TraceCodeError
+from ..errors import DeviceError, InputError, NetworkError, TraceCodeError
 from .db import Database
 from .link import BadgeLink, BadgeRefused
 from .sync import authenticate
@@ -74,10 +74,10 @@ def upload(url: str, code: str, keys, timeout_s: float = 15.0) -> dict:
             why = body.get("message") or body.get("error") or exc.reason
         except ValueError:
             why = exc.reason
-        raise TraceCodeError(f"key server refused the upload: {why} (HTTP {exc.code})") from None
+        raise NetworkError(f"key server refused the upload: {why} (HTTP {exc.code})") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TraceCodeError(f"key server {url} unreachable ({reason})") from None
+        raise NetworkError(f"key server {url} unreachable ({reason})") from None
 
 
 def diagnose(db: Database, port: str, badge_id: str, *, report_type: int = 1,

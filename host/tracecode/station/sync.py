@@ -132,9 +132,12 @@ def sync_badge(db: Database, port: str, *, progress: Progress | None = None,
         total = sum(max(0, e - s) for _, s, e, _ in plan)
         done = 0
 
-        def on_data(n):
-            nonlocal done
-            prog("pulling", min(done, total), total)
+        inflight = 0
+
+        def on_data(n):   # per chunk on the wire (base64: ~3 payload bytes per 4)
+            nonlocal inflight
+            inflight += n
+            prog("pulling", min(done + inflight * 3 // 4, total), total)
 
         # -- pull (nothing is stored until every day is pulled and checked) --
         pulled: dict[int, tuple[int, list[logfmt.Encounter]]] = {}
@@ -143,6 +146,7 @@ def sync_badge(db: Database, port: str, *, progress: Progress | None = None,
         for day, start, end, _acked in plan:
             if end <= start:
                 continue
+            inflight = 0
             data = link.read_range(day, start, end, on_data=on_data)
             rep.payload_bytes += len(data)
             done += len(data)
