@@ -9,7 +9,7 @@ PORT   ?=
 IMAGE  ?=
 PORTS  := $(foreach p,$(PORT),--port $(p))
 
-.PHONY: setup demo test bench soak fuzz check-firmware flash sync hil clean
+.PHONY: setup demo test bench dp3t soak fuzz check-firmware flash sync hil clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,15 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench_firmware.py
 	$(BIN)/python tools/bench_fleet.py --badges 50 --days 14
 	$(BIN)/python tools/bench_sync.py
+	$(BIN)/python tools/calibrate.py --seeds 1 2
+	$(BIN)/python tools/bench_battery.py
+
+# DP-3T field data (docs/channel.md): make dp3t DP3T=/path/to/a/local/clone/of/bt-measurements
+DP3T ?=
+dp3t: $(STAMP)
+	@test -n "$(DP3T)" || { echo "make dp3t: set DP3T=/path/to/bt-measurements (a local clone)"; exit 2; }
+	$(BIN)/python tools/dp3t_fit.py $(DP3T) --plot docs/channel-fit.png
+	$(BIN)/python tools/dp3t_score.py $(DP3T)
 
 # Key server under load on loopback: 2,000-connection burst + slow and hostile clients (docs/keyserver.md)
 soak: $(STAMP)

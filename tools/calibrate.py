@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rule", choices=("tracecode", "en"), default="tracecode",
                     help="tracecode: the duration + proximity rule, rule-constrained, leave-one-scenario-out, "
                          "beside the EN national rules on the same logs (default); en: the bucket-weight sweep")
+    ap.add_argument("--no-bench-calibration", action="store_true",
+                    help="TraceCode's rule without the badges' bench-measured offsets")
     ap.add_argument("--radio", default=None, help="override every scenario's radio: (ideal or fitted)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", type=Path, help="write the full result as JSON here")
@@ -145,6 +147,8 @@ def _tracecode(args, cases, t0, t_sim) -> int:
 
     ch = params_from(args.radio)
     configs = tracecode_configs(attenuation_at=ch.mean_attenuation)
+    for c in configs:
+        c.bench_calibration = not args.no_bench_calibration
     res = calibrate_tracecode(cases, configs, beta=1.0 if args.beta == 2.0 else args.beta)
     cvm = res.pop("held_out_metrics")
     base = {c.name: baseline_metrics(c.exposures, c.truth) for c in cases}

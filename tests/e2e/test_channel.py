@@ -164,3 +164,16 @@ def test_new_scenarios_put_the_borderline_cases_on_the_right_side():
     assert {"t12", "t14", "t06"} <= gt["tram"].negatives and {"t05", "t13"} <= gt["tram"].positives
     assert {"w04", "w07", "w10"} <= gt["waitingroom"].negatives and "w05" in gt["waitingroom"].positives
     assert radio_for(load_scenario(ROOT / "scenarios" / "tram.yaml")).channel.environment == "vehicle"
+
+
+@pytest.mark.timeout(300)
+def test_virtual_badges_hear_through_the_fitted_channel(tmp_path):
+    """Fleet mode: the medium calls the channel model (a scenario without radio: = fitted), the
+    badges' bench offsets reach the rule, and an hour side by side still goes yellow/red."""
+    pytest.importorskip("tracecode.station.flasher", reason="sync station not built")
+    doc = _pair_doc(minutes=60, dist=1.0)
+    doc["people"].append({"id": "c", "path": [["09:00", [8, 8]], ["10:00", [8, 8]], ["10:00", None]]})
+    res = run_scenario(load_scenario(doc), tmp_path, mode="fleet", report=False, seed=3)
+    assert res["radio"]["channel"]["kind"] == "fitted" and res["sync_errors"] == []
+    assert res["health_codes"]["b"] in ("yellow", "red") and res["health_codes"]["c"] == "green"
+    assert res["health_codes_on_badges"] == res["health_codes"]
