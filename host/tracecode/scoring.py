@@ -48,9 +48,9 @@ class ScoringConfig:
     red_threshold: float = 900.0
     yellow_threshold: float = 300.0
     rule: str = "en"                    # "en" (bucket sums) or "tracecode" (duration + proximity)
-    gate_db: int = 66                   # tools/calibrate.py (fitted channel, all scenarios)
-    proximity_db: float = 60.0
-    proximity_quantile: float = 0.2
+    gate_db: int = 62                   # tools/calibrate.py (fitted channel, all scenarios)
+    proximity_db: float = 59.0
+    proximity_quantile: float = 0.6
     min_minutes: float = 15.0
     red_minutes: float = 30.0
     bench_calibration: bool = True      # subtract the badges' bench-measured offsets (e2e runners)

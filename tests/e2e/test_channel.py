@@ -172,7 +172,7 @@ def test_virtual_badges_hear_through_the_fitted_channel(tmp_path):
     badges' bench offsets reach the rule, and an hour side by side still goes yellow/red."""
     pytest.importorskip("tracecode.station.flasher", reason="sync station not built")
     doc = _pair_doc(minutes=60, dist=1.0)
-    doc["people"].append({"id": "c", "path": [["09:00", [8, 8]], ["10:00", [8, 8]], ["10:00", None]]})
+    doc["people"].append({"id": "c", "path": [["09:00", [11, 11]], ["10:00", [11, 11]], ["10:00", None]]})   # 14 m
     res = run_scenario(load_scenario(doc), tmp_path, mode="fleet", report=False, seed=3)
     assert res["radio"]["channel"]["kind"] == "fitted" and res["sync_errors"] == []
     assert res["health_codes"]["b"] in ("yellow", "red") and res["health_codes"]["c"] == "green"

@@ -38,7 +38,7 @@ ROOT = __import__("tracecode.resources").resources.data_root()
 def _sim_path(scn: Scenario, j: int, keyframes):
     from ..sim import Path as SimPath
 
-    far = (FAR + 100.0 * j, FAR)
+    far = (FAR * (j + 1), FAR)               # absent badges 10 km from everyone, each other too
     pts: list[tuple[float, float, float]] = []
     last = None
     eps = 0.01

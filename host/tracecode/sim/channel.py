@@ -51,6 +51,9 @@ class ChannelParams:
     # log-distance slope (dB per decade of distance) per environment; fitted: DP-3T exp05/exp34
     slope_db_per_decade: dict[str, float] = field(
         default_factory=lambda: {"indoor": 13.7, "vehicle": 17.4, "open": 13.7})
+    # beyond the fitted range (0.2-10 m) the loss steepens (dual-slope model): dB/decade past it
+    breakpoint_m: float = 10.0
+    far_slope_db_per_decade: float = 30.0
     # per-reading noise (independent) and per-advertising-channel offset (per pair, redrawn)
     fast_sd_db: float = 4.2
     channel_sd_db: float = 1.5
@@ -95,12 +98,21 @@ class ChannelParams:
         return self.ideal_att_1m_db if self.kind == "ideal" else self.att_1m_db
 
     def mean_attenuation(self, d: float) -> float:
-        """Median attenuation at d metres (lanyards, facing), the curve the rule constraints use."""
-        return self.att_1m() + self.slope() * math.log10(max(d, 0.1))
+        """Median attenuation at d metres, the curve the rule constraints use."""
+        d = max(d, 0.1)
+        a = self.att_1m() + self.slope() * math.log10(d)
+        if self.kind != "ideal" and d > self.breakpoint_m:
+            a += (self.far_slope_db_per_decade - self.slope()) * math.log10(d / self.breakpoint_m)
+        return a
 
     def _orient_var(self) -> float:
         # loss = body_db * (1 - cos u) / 2 with u uniform: variance body^2 / 8, per badge, both ends
         return 2 * sum(p * (self.carry_body_db[c] ** 2) / 8 for c, p in self.carry_p.items())
+
+    def mean_body_db(self) -> float:
+        """Mean orientation + carrying loss of a link (both ends): already inside the fitted 1 m
+        level, so the model subtracts it and its median at 1 m stays `att_1m_db`."""
+        return 2 * sum(p * (self.carry_base_db[c] + self.carry_body_db[c] / 2) for c, p in self.carry_p.items())
 
     def _carry_var(self) -> float:
         mean = sum(p * self.carry_base_db[c] for c, p in self.carry_p.items())
@@ -318,6 +330,7 @@ class Channel:
             noise = rng.normal(0, p.ideal_noise_db, (m, n)) if p.ideal_noise_db > 0 else np.zeros((m, n))
             lim = p.ideal_noise_db * p.ideal_noise_clip
             return base[:, None] + np.clip(noise, -lim, lim)
+        base = base + (p.far_slope_db_per_decade - p.slope()) * np.log10(np.maximum(d / p.breakpoint_m, 1.0))
         bt, br = self.badge(tx), self.badge(rx)
         pr = self._pair(tx, rx)
         slow = self._slow(pr, times)
@@ -326,9 +339,9 @@ class Channel:
             tx_xy = np.asarray(tx_xy, dtype=float).reshape(m, 2)
             rx_xy = np.asarray(rx_xy, dtype=float).reshape(m, 2)
             ang = np.arctan2(rx_xy[:, 1] - tx_xy[:, 1], rx_xy[:, 0] - tx_xy[:, 0])
-            body = self._body_loss(bt, times, ang) + self._body_loss(br, times, ang + math.pi)
+            body = self._body_loss(bt, times, ang) + self._body_loss(br, times, ang + math.pi) - p.mean_body_db()
         else:
-            body = np.zeros(m)
+            body = np.zeros(m)          # no geometry: the median body loss (inside att_1m_db)
         mean = base + slow + wall + body + bt.tx_off + br.rx_off
         chans = self._channels(pr, times)
         if adv_channels is None:
