@@ -314,7 +314,8 @@ _METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 MAX_ZIP_ENTRIES = 64
 
 
-def _zip_entry(zf: zipfile.ZipFile, name: str, source: str, limit: int | None = None) -> bytes | None:
+def _zip_entry(zf: zipfile.ZipFile, name: str, source: str, limit: int | None = None,
+               too_big: type = InputError) -> bytes | None:
     limit = MAX_ENTRY_BYTES if limit is None else limit
     try:
         info = zf.getinfo(name)
@@ -326,14 +327,14 @@ def _zip_entry(zf: zipfile.ZipFile, name: str, source: str, limit: int | None = 
         raise InputError(f"{source}: {name} uses zip compression method {info.compress_type};"
                          " only stored and deflate are supported")
     if info.file_size > limit:
-        raise InputError(f"{source}: {name} unpacks to {info.file_size} bytes, over the {limit}-byte limit")
+        raise too_big(f"{source}: {name} unpacks to {info.file_size} bytes, over the {limit}-byte limit")
     try:
         with zf.open(info) as fh:
             data = fh.read(limit + 1)
     except _ZIP_ERRORS as exc:
         raise InputError(f"{source}: {name} is damaged ({exc.__class__.__name__})") from None
     if len(data) > limit:
-        raise InputError(f"{source}: {name} unpacks past the {limit}-byte limit")
+        raise too_big(f"{source}: {name} unpacks past the {limit}-byte limit")
     return data
 
 
@@ -367,33 +368,40 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
 
 def _fields(buf: bytes, pos: int, end: int):
     """(field, wire type, value, start of field, end of field): value is an int for varint and
-    fixed types, a (start, end) pair for length-delimited ones."""
+    fixed types, a (start, end) pair for length-delimited ones. _Corrupt("tag", start) or
+    _Corrupt("field", number, start) on malformed input."""
     while pos < end:
         start = pos
-        tag, pos = _varint(buf, pos, end)
+        try:
+            tag, pos = _varint(buf, pos, end)
+        except _Corrupt:
+            raise _Corrupt("tag", start) from None
         f, wt = tag >> 3, tag & 7
         if f == 0 or f > 0x1FFFFFFF:
             raise _Corrupt("tag", start)
-        if wt == 0:
-            v, pos = _varint(buf, pos, end)
-        elif wt == 1:
-            if end - pos < 8:
-                raise _Corrupt("field", f, start)
-            v = int.from_bytes(buf[pos : pos + 8], "little")
-            pos += 8
-        elif wt == 2:
-            n, pos = _varint(buf, pos, end)
-            if n > end - pos:
-                raise _Corrupt("field", f, start)
-            v = (pos, pos + n)
-            pos += n
-        elif wt == 5:
-            if end - pos < 4:
-                raise _Corrupt("field", f, start)
-            v = int.from_bytes(buf[pos : pos + 4], "little")
-            pos += 4
-        else:
-            raise _Corrupt("field", f, start)
+        try:
+            if wt == 0:
+                v, pos = _varint(buf, pos, end)
+            elif wt == 1:
+                if end - pos < 8:
+                    raise _Corrupt
+                v = int.from_bytes(buf[pos : pos + 8], "little")
+                pos += 8
+            elif wt == 2:
+                n, pos = _varint(buf, pos, end)
+                if n > end - pos:
+                    raise _Corrupt
+                v = (pos, pos + n)
+                pos += n
+            elif wt == 5:
+                if end - pos < 4:
+                    raise _Corrupt
+                v = int.from_bytes(buf[pos : pos + 4], "little")
+                pos += 4
+            else:
+                raise _Corrupt
+        except _Corrupt:
+            raise _Corrupt("field", f, start) from None
         yield f, wt, v, start, pos
 
 
@@ -412,7 +420,7 @@ def _parse_key_py(buf: bytes, a: int, b: int, cols: dict, field_name: str, idx: 
                 if wt != 2:
                     raise _Corrupt
                 if v[1] - v[0] != 16:
-                    raise InputError(f"{field_name}[{idx}]: key_data is {v[1] - v[0]} bytes, expected 16")
+                    raise ValueError(f"{field_name}[{idx}]: key_data is {v[1] - v[0]} bytes, expected 16")
                 key = buf[v[0] : v[1]]
             elif 2 <= f <= 6:
                 if wt != 0:
@@ -424,7 +432,7 @@ def _parse_key_py(buf: bytes, a: int, b: int, cols: dict, field_name: str, idx: 
                     start = s32
                 elif f == 4:
                     if not 1 <= s32 <= 144:
-                        raise InputError(f"{field_name}[{idx}]: rolling_period {s32} is outside 1..144")
+                        raise ValueError(f"{field_name}[{idx}]: rolling_period {s32} is outside 1..144")
                     period = s32
                 elif f == 5:
                     if 0 <= s32 <= 5:  # a closed proto2 enum: other values are ignored
@@ -433,13 +441,13 @@ def _parse_key_py(buf: bytes, a: int, b: int, cols: dict, field_name: str, idx: 
                     u = v & 0xFFFFFFFF
                     dso, has_dso = _int32((u >> 1) ^ -(u & 1)), True
     except _Corrupt:
-        raise InputError(f"{field_name}[{idx}] is not a decodable TemporaryExposureKey") from None
+        raise ValueError(f"{field_name}[{idx}] is not a decodable TemporaryExposureKey") from None
     if key is None:
-        raise InputError(f"{field_name}[{idx}]: key_data is missing")
+        raise ValueError(f"{field_name}[{idx}]: key_data is missing")
     if start is None:
-        raise InputError(f"{field_name}[{idx}]: rolling_start_interval_number is missing")
+        raise ValueError(f"{field_name}[{idx}]: rolling_start_interval_number is missing")
     if start < 0:
-        raise InputError(f"{field_name}[{idx}]: negative rolling_start_interval_number")
+        raise ValueError(f"{field_name}[{idx}]: negative rolling_start_interval_number")
     cols["key"].append(key)
     for name, val in (("start", start), ("period", period), ("rtype", rtype), ("trl", trl), ("dso", dso),
                       ("has_dso", has_dso)):
@@ -451,32 +459,29 @@ def _walk_export_py(data: bytes, offset: int, max_keys: int):
     end = len(data)
     rest = []
     spans: dict[int, list] = {7: [], 8: []}
+    order: list = []
     try:
         for f, wt, v, s, e in _fields(data, offset, end):
             if f in (7, 8):
                 if wt != 2:
                     raise ValueError(f"{'keys' if f == 7 else 'revised_keys'} field has wire type {wt}")
+                order.append((f, len(spans[f]), v))
                 spans[f].append(v)
             else:
                 rest.append(data[s:e])
     except _Corrupt as exc:
         args = exc.args
-        if args and args[0] == "tag":
+        if args[0] == "tag":
             raise ValueError(f"corrupt field tag at byte {args[1] - offset}") from None
-        if args and args[0] == "field":
-            raise ValueError(f"truncated or corrupt field {args[1]} at byte {args[2] - offset}") from None
-        # a bad varint inside a tag or a length: the native walker reports where the field began
-        raise ValueError("truncated or corrupt field") from None
+        raise ValueError(f"truncated or corrupt field {args[1]} at byte {args[2] - offset}") from None
     for f, what in ((7, "keys"), (8, "revised keys")):
         if len(spans[f]) > max_keys:
             raise OverflowError(f"{len(spans[f])} {what}, over the limit of {max_keys} per batch")
-    out = []
-    for f, name in ((7, "keys"), (8, "revised_keys")):
-        cols: dict[str, list] = {k: [] for k in ("key", "start", "period", "rtype", "trl", "dso", "has_dso")}
-        for i, (a, b) in enumerate(spans[f]):
-            _parse_key_py(data, a, b, cols, name, i)
-        out.append(KeyColumns(b"".join(cols["key"]), cols["start"], cols["period"], cols["rtype"], cols["trl"],
-                              cols["dso"], cols["has_dso"]))
+    cols = {f: {k: [] for k in ("key", "start", "period", "rtype", "trl", "dso", "has_dso")} for f in (7, 8)}
+    for f, i, (a, b) in order:  # in stream order, like the native walker
+        _parse_key_py(data, a, b, cols[f], "keys" if f == 7 else "revised_keys", i)
+    out = [KeyColumns(b"".join(c["key"]), c["start"], c["period"], c["rtype"], c["trl"], c["dso"], c["has_dso"])
+           for c in (cols[7], cols[8])]
     return b"".join(rest), out[0], out[1]
 
 
@@ -500,9 +505,7 @@ def walk_export(data: bytes, source: str = "export.bin", offset: int = 0,
     except OverflowError as exc:
         raise InputError(f"{source}: export.bin holds {exc}") from None
     except ValueError as exc:
-        if isinstance(exc, InputError):
-            raise InputError(f"{source}: export.bin: {exc}") from None
-        raise InputError(f"{source}: export.bin is not a decodable TemporaryExposureKeyExport ({exc})") from None
+        raise InputError(f"{source}: export.bin: {exc}") from None
 
 
 def _utf8(buf: bytes, a: int, b: int, what: str, source: str) -> str:
@@ -650,7 +653,7 @@ def load_batch_bytes(raw: bytes, source: str, *, pubkeys: Sequence = (), allow_u
             export_bin = _zip_entry(zf, "export.bin", source)
             if export_bin is None:
                 raise InputError(f"{source}: the zip has no export.bin entry")
-            sig_bytes = _zip_entry(zf, "export.sig", source, MAX_SIG_BYTES)
+            sig_bytes = _zip_entry(zf, "export.sig", source, MAX_SIG_BYTES, SignatureError)
     elif raw[: len(HEADER)] == HEADER:
         export_bin = raw
     elif raw[:2] == b"PK":

@@ -764,13 +764,13 @@ static int walk_top(const uint8_t *p, size_t len, cols_out *k, cols_out *rv, uin
         int wt = (int)(tag & 7);
         const uint8_t *val = NULL;
         size_t vl = 0;
-        if ((f == 7 || f == 8) && wt != 2) {
-            snprintf(werr, sizeof werr, "%s field has wire type %d", f == 7 ? "keys" : "revised_keys", wt);
-            return 0;
-        }
         if (!rd_skip(&r, wt, &val, &vl)) {
             snprintf(werr, sizeof werr, "truncated or corrupt field %llu at byte %zd", (unsigned long long)f,
                      (Py_ssize_t)(field_start - p));
+            return 0;
+        }
+        if ((f == 7 || f == 8) && wt != 2) {
+            snprintf(werr, sizeof werr, "%s field has wire type %d", f == 7 ? "keys" : "revised_keys", wt);
             return 0;
         }
         if (f == 7 || f == 8) {
