@@ -28,6 +28,7 @@ test: $(STAMP)
 # Fault campaigns at full size (CI runs fixed-seed slices inside `make test`)
 fuzz: $(STAMP)
 	$(BIN)/python tools/campaign_db.py --runs 200 --seed 1
+	$(BIN)/python tools/fuzz_export.py --inputs 1000000 --seed 1 --cli 120
 
 check-firmware: $(STAMP)
 	$(BIN)/python tools/check_firmware.py

@@ -196,7 +196,7 @@ def _match_db(args, batches, keys, revised, cfg) -> int:
 
     with Database(args.db, create=False) as db:
         badges = [b["badge_id"] for b in db.badges()]
-        logs = {b: db.sightings(b) for b in badges}
+        logs = {b: db.sighting_table(b) for b in badges}
         diagnosed = [b["badge_id"] for b in db.badges() if b["diagnosed_at"] is not None]
         t0 = time.perf_counter()
         with progress_bar("matching keys", enabled=None if not args.json else False) as update:

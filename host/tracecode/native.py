@@ -182,8 +182,9 @@ class HeardIndex:
             if len(buf) != 16 * len(items):
                 raise ValueError("heard RPIs are 16 bytes each")
             count = len(items)
-        self.bits = min(_MAX_BITS, max(_MIN_BITS, count.bit_length() + 6))
-        self.bitmap, self.sorted = kernel.build_index(buf, self.bits)
+        # about 1 bit in 32 set: few false candidates, a bitmap that stays in cache longer
+        self.bits = min(_MAX_BITS, max(_MIN_BITS, count.bit_length() + 5))
+        self.bitmap, self.sorted, self.buckets, self.bucket_bits = kernel.build_index(buf, self.bits)
         self._scan = kernel.scan
 
     def __len__(self) -> int:
@@ -192,7 +193,8 @@ class HeardIndex:
     def scan_columns(self, teks: bytes, starts: np.ndarray, periods: np.ndarray, lo: int, hi: int
                      ) -> tuple[np.ndarray, bytes]:
         """Hits of keys lo..hi-1: ((n, 2) uint32 array of (key index, interval), RPIs buffer)."""
-        pairs, rpis = self._scan(teks, starts, periods, lo, hi, self.bits, self.bitmap, self.sorted)
+        pairs, rpis = self._scan(teks, starts, periods, lo, hi, self.bits, self.bitmap, self.sorted, self.buckets,
+                                 self.bucket_bits)
         return np.frombuffer(pairs, dtype="=u4").reshape(-1, 2), rpis
 
     def scan(self, keys: Sequence[tuple[bytes, int, int]], base: int = 0) -> list[tuple[int, int, bytes]]:

@@ -491,6 +491,21 @@ class Database:
                          rssi_max=r["rssi_max"])
                 for r in self.encounters(badge_id)]
 
+    def sighting_table(self, badge_id: str):
+        """`sightings` as a `tracecode.matcher.SightingTable` (columns, for `match --db`)."""
+        from ..matcher import SightingTable
+
+        cur = self.conn.cursor()
+        cur.row_factory = None
+        cur.execute("SELECT first_seen, rpi, aem, rssi_mean, rssi_max FROM encounters WHERE badge_id=?"
+                    " ORDER BY first_seen, day, offset", (badge_id,))
+        t, rpi, aem, rssi, mx = [], [], [], [], []
+        for row in cur:
+            t.append(row[0]); rpi.append(bytes(row[1])); aem.append(bytes(row[2])); rssi.append(row[3])
+            mx.append(row[4])
+        return SightingTable(t, b"".join(rpi), b"".join(aem), rssi, [m or 0 for m in mx],
+                             [m is not None for m in mx])
+
     def coverage(self, badge_id: str, gap_s: int = 3 * 3600) -> dict:
         """First/last synced encounter and gaps longer than `gap_s` between encounters."""
         times = [r[0] for r in self.conn.execute(
