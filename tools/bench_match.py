@@ -241,9 +241,11 @@ def main() -> int:
         print(f"  native kernel alone (derive + lookup, 144-interval keys, one thread): {k:,.0f} keys/s")
     ok = True
     results = {}
+    build_totals = {}
     for n in args.keys:
         t = time.perf_counter()
         meta = build(root, n, args.sightings, args.seed)
+        build_totals[n] = meta["keys_total"]
         print(f"  workload {n:,} keys: {meta['keys_total']:,} published in {meta['batches']} signed batches "
               f"({meta['duplicates']:,} duplicates, {meta['revoked']:,} revoked, {meta['planted']} planted + "
               f"{meta['planted_revoked']} revoked planted) ({time.perf_counter() - t:.1f} s to prepare)")
@@ -265,7 +267,7 @@ def main() -> int:
                       f"{dt:6.2f} s  {rate:>9,.0f} keys/s  ({rate / cores:>9,.0f} per core)  peak RSS {rss / 2**20:5.0f} MB")
     big = [v for (n, s, c), v in results.items() if n == 1_000_000 and c == 1]
     if big:
-        worst_rate = min(1_000_000 / dt for dt, _ in big)
+        worst_rate = min(build_totals[1_000_000] / dt for dt, _ in big)
         worst_rss = max(rss for _dt, rss in [v for (n, s, c), v in results.items() if n == 1_000_000])
         print(f"  targets (1M keys): one core >= 300,000 keys/s: {worst_rate:,.0f} "
               f"{'ok' if worst_rate >= 300_000 else 'MISSED'}; peak RSS < 400 MB: {worst_rss / 2**20:.0f} MB "

@@ -153,6 +153,9 @@ def cmd_match(args) -> int:
               " (--allow-unchecked)", file=sys.stderr)
     keys = KeyOccurrences.from_batches(batches)
     revised = ()
+    # the keys now live in `keys`; keep only what the output reports of each batch
+    summary = [{"file": b.source, "signature": b.signature, "keys": len(b.key_columns)} for b in batches]
+    batches.clear()
     cfg = ScoringConfig()
     if args.thresholds:
         try:
@@ -163,7 +166,7 @@ def cmd_match(args) -> int:
             raise InputError(f"--thresholds takes three ascending integers, e.g. {_DEFAULT_THRESHOLDS}")
         cfg.thresholds_db = t  # type: ignore[assignment]
     if args.db:
-        return _match_db(args, batches, keys, revised, cfg)
+        return _match_db(args, summary, keys, revised, cfg)
     sightings = read_sightings_table(args.sightings)
     t0 = time.perf_counter()
     with progress_bar("matching keys", enabled=None if not args.json else False) as update:
@@ -171,12 +174,12 @@ def cmd_match(args) -> int:
     dt = time.perf_counter() - t0
     if args.json:
         out = res.to_json()
-        out["batches"] = [{"file": b.source, "signature": b.signature, "keys": len(b.key_columns)} for b in batches]
+        out["batches"] = summary
         out["sightings"] = len(sightings)
         out["seconds"] = round(dt, 3)
         print_json(out)
         return 0
-    print(f"{len(batches)} batches, {res.stats.keys_unique} distinct keys ({res.stats.keys_revoked} revoked), "
+    print(f"{len(summary)} batches, {res.stats.keys_unique} distinct keys ({res.stats.keys_revoked} revoked), "
           f"{len(sightings)} sightings, {dt:.2f} s")
     if not res.windows:
         print("no exposures")
@@ -211,7 +214,7 @@ def _match_db(args, batches, keys, revised, cfg) -> int:
             "badges": {b: {"health_code": r.health_code, "exposures": [w.to_json() for w in r.windows],
                            "matched_sightings": len(r.matches), "sightings": len(logs[b])}
                        for b, r in results.items()},
-            "batches": [{"file": b.source, "signature": b.signature, "keys": len(b.key_columns)} for b in batches],
+            "batches": batches,
             "seconds": round(dt, 3),
             "scoring": cfg.to_json(),
         })

@@ -329,3 +329,37 @@ def test_sighting_table_and_csv_columns_agree(tmp_path):
     bad.write_text(p.read_text().replace(s[3].rpi.hex(), "zz" * 16))
     with pytest.raises(InputError, match=":5:"):
         read_sightings_csv(bad)
+
+
+def test_vectorised_csv_reader_equals_row_reader(tmp_path):
+    from tracecode import matcher as _m
+    rng = _random.Random(8)
+    rows = []
+    for i in range(3000):
+        mx = rng.choice(["", str(-rng.randrange(30, 100)), "0"])
+        du = rng.choice(["", str(rng.randrange(0, 400))])
+        rows.append(f"{rng.randrange(0, 2**40)},{rng.randbytes(16).hex()},{rng.randbytes(4).hex().upper()},"
+                    f"{rng.randrange(-120, 10)},{mx},{du}\n")
+    p = tmp_path / "s.csv"
+    p.write_text("time,rpi,aem,rssi,rssi_max,duration_s\n" + "".join(rows))
+    fast = _m.read_sightings_table(p).to_sightings()
+    slow = _m._read_sightings_rows(p, p.read_text()).to_sightings()
+    assert fast == slow and len(fast) == 3000
+    # other column order, no trailing newline
+    q = tmp_path / "q.csv"
+    q.write_text("rssi,aem,rpi,time\n" + "\n".join(f"{s.rssi},{s.aem.hex()},{s.rpi.hex()},{s.time}" for s in fast[:50]))
+    assert [(s.time, s.rpi, s.aem, s.rssi) for s in read_sightings_csv(q)] == [
+        (s.time, s.rpi, s.aem, s.rssi) for s in fast[:50]]
+    # damage anywhere: the same error as the row reader, naming the line
+    for bad_cell, line in ((" 12", 3), ("1e5", 4), ("", 5)):
+        lines = p.read_text().splitlines(keepends=True)
+        cells = lines[line - 1].split(",")
+        cells[0] = bad_cell
+        lines[line - 1] = ",".join(cells)
+        b = tmp_path / f"b{line}.csv"
+        b.write_text("".join(lines))
+        if bad_cell == " 12":  # int() accepts surrounding spaces: the row reader reads it
+            assert read_sightings_csv(b)[line - 2].time == 12
+        else:
+            with pytest.raises(InputError, match=f":{line}:"):
+                read_sightings_csv(b)
