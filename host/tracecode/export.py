@@ -505,7 +505,10 @@ def walk_export(data: bytes, source: str = "export.bin", offset: int = 0,
     except OverflowError as exc:
         raise InputError(f"{source}: export.bin holds {exc}") from None
     except ValueError as exc:
-        raise InputError(f"{source}: export.bin: {exc}") from None
+        msg = str(exc)
+        if not msg.startswith(("keys[", "revised_keys[")):
+            msg = f"not a decodable TemporaryExposureKeyExport ({msg})"
+        raise InputError(f"{source}: export.bin: {msg}") from None
 
 
 def _utf8(buf: bytes, a: int, b: int, what: str, source: str) -> str:
