@@ -272,7 +272,7 @@ class App:
     def shutdown(self):
         self.radio.stop()
         try:
-            self.log.flush()
+            self.log.flush(True)  # v2 keeps open records in RAM: write them all
             self.clock.persist(True)
         except OSError:
             pass

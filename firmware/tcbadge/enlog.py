@@ -1,6 +1,14 @@
-# Encounter log: one append-only segment file per UTC day under /log, 32-byte records with a
-# CRC each (docs/log-format.md). Records are batched in RAM and written with one write per
-# scan. On open, a torn tail (power cut mid-append) is cut back to the last good record.
+# Encounter log (docs/log-format.md): one append-only segment file per UTC day under /log.
+# Format v2: one variable-length record per heard RPI over its lifetime (8-byte RPI prefix,
+# AEM, first-seen time, then 3 bytes per scan: time offset, typical and strongest RSSI),
+# CRC'd. RPIs are aggregated in a fixed RAM table across scans and written when they stop
+# being heard (the scanner calls flush() after every scan; flush(True) writes everything).
+# v1 files (32-byte record per RPI per scan) stay readable, and a day whose file is v1 keeps
+# getting v1 records until the day ends, so an upgraded badge loses and re-sends nothing.
+#
+# Never brick: a torn tail (power cut mid-append, ENOSPC) is repaired in place by writing
+# pad records over it (littlefs rewrites only the last block), never by copying the file;
+# a repair that still fails leaves the day read-only and the badge keeps running.
 import binascii
 import json
 import os
@@ -11,19 +19,47 @@ from micropython import const
 from . import fsutil
 
 HEADER_LEN = const(16)
-REC_LEN = const(32)
+REC_LEN = const(32)  # v1 record
+RPI_LEN = const(8)  # v2: RPI prefix kept
+ENC_HEAD = const(17)  # v2 encounter: type, length, t0 (u24), RPI prefix, AEM
+ENTRY_LEN = const(3)  # v2 per scan: offset (2 s units from the previous scan), typical, max
+PAD_MIN = const(4)
+MAX_SCANS = const(24)  # scans per record (a longer-lived RPI continues in a new record)
 _REC_ENCOUNTER = const(1)
-_VERSION = const(1)
+_T_PAD = const(0)
+_T_ENC2 = const(2)
+_VERSION = const(2)
 _DAY_S = const(86400)
 _KEEP_DAYS = const(14)
 _MAX_PENDING = const(256)
+_OPEN_MAX = const(64)
+_GAP_SCANS = const(2)  # a record closes when its RPI was not heard in this many scans
+_ID_LEN = const(12)  # RPI prefix + AEM per open slot
 _RESERVE = const(8192)  # keep this much of the file system free for keys, config, littlefs
-_COPY_CHUNK = const(1024)
+_WIN = const(512)
 MAGIC = b"TCLG"
 
 
-def header(day):
-    return MAGIC + bytes((_VERSION, 0, 0, 0)) + struct.pack("<II", day, 0)
+def header(day, version=_VERSION, gen=0):
+    if version == 1:
+        return MAGIC + bytes((1, 0, 0, 0)) + struct.pack("<II", day, 0)
+    return MAGIC + bytes((_VERSION, RPI_LEN, 0, 0)) + struct.pack("<II", day, gen)
+
+
+_GEN_CTR = [0]
+
+
+def new_generation():
+    # A random nonzero u32 (a segment file's generation).
+    g = 0
+    while g == 0:
+        try:
+            r = os.urandom(4)
+            g = r[0] | (r[1] << 8) | (r[2] << 16) | (r[3] << 24)
+        except (OSError, AttributeError):  # no entropy source (some test VMs): time-based
+            _GEN_CTR[0] += 1
+            g = (id(_GEN_CTR) * 2654435761 + _GEN_CTR[0] * 40503) & 0xFFFFFFFF
+    return g
 
 
 def _i8(v):
@@ -33,6 +69,16 @@ def _i8(v):
         v = 127
     return v & 0xFF
 
+
+def _s8(b):
+    return b - 256 if b > 127 else b
+
+
+def _crc16(mv):
+    return binascii.crc32(mv) & 0xFFFF
+
+
+# ---------------------------------------------------------------- v1 records (32 bytes)
 
 def encode_into(buf, off, rpi, aem, first_s, dur_s, count, rmin, rmax, rmean):
     # first_s: seconds since the day start (u24); dur_s: last - first (u16, saturating).
@@ -50,7 +96,7 @@ def encode_into(buf, off, rpi, aem, first_s, dur_s, count, rmin, rmax, rmean):
     buf[off + 27] = _i8(rmin)
     buf[off + 28] = _i8(rmax)
     buf[off + 29] = _i8(rmean)
-    crc = binascii.crc32(memoryview(buf)[off : off + 30]) & 0xFFFF
+    crc = _crc16(memoryview(buf)[off : off + 30])
     buf[off + 30] = crc & 0xFF
     buf[off + 31] = crc >> 8
 
@@ -61,15 +107,22 @@ def encode(rpi, aem, first_s, dur_s, count, rmin, rmax, rmean):
     return b
 
 
-def record_ok(rec):
-    if len(rec) != REC_LEN or rec[0] != _REC_ENCOUNTER:
-        return False
-    crc = binascii.crc32(memoryview(rec)[0:30]) & 0xFFFF
+def pad1():
+    # A v1 pad record (type 0, valid CRC): written over a torn v1 tail, skipped by readers.
+    b = bytearray(REC_LEN)
+    crc = _crc16(memoryview(b)[0:30])
+    b[30] = crc & 0xFF
+    b[31] = crc >> 8
+    return b
+
+
+def _crc1_ok(rec):
+    crc = _crc16(memoryview(rec)[0:30])
     return rec[30] == (crc & 0xFF) and rec[31] == (crc >> 8)
 
 
-def _s8(b):
-    return b - 256 if b > 127 else b
+def record_ok(rec):
+    return len(rec) == REC_LEN and rec[0] == _REC_ENCOUNTER and _crc1_ok(rec)
 
 
 def decode(rec, day=0):
@@ -82,64 +135,247 @@ def decode(rec, day=0):
             _s8(rec[27]), _s8(rec[28]), _s8(rec[29]))
 
 
+# ---------------------------------------------------------------- v2 records
+
+def record2_len(buf, off, avail):
+    # Length of the valid v2 record (encounter or pad) at buf[off:], 0 if there is none.
+    if avail < PAD_MIN:
+        return 0
+    t = buf[off]
+    n = buf[off + 1]
+    if n < PAD_MIN or n > avail:
+        return 0
+    if t == _T_ENC2:
+        if n < ENC_HEAD + ENTRY_LEN + 2 or (n - ENC_HEAD - 2) % ENTRY_LEN:
+            return 0
+    elif t != _T_PAD:
+        return 0
+    crc = _crc16(memoryview(buf)[off : off + n - 2])
+    if buf[off + n - 2] != (crc & 0xFF) or buf[off + n - 1] != (crc >> 8):
+        return 0
+    return n
+
+
+def encode2_into(buf, off, t0_s, ids, ioff, ent, eoff, n):
+    # One v2 encounter record at buf[off]; ids[ioff:ioff+12] = RPI prefix + AEM, ent holds
+    # n 3-byte scan entries. Returns its length.
+    ln = ENC_HEAD + n * ENTRY_LEN + 2
+    buf[off] = _T_ENC2
+    buf[off + 1] = ln
+    buf[off + 2] = t0_s & 0xFF
+    buf[off + 3] = (t0_s >> 8) & 0xFF
+    buf[off + 4] = (t0_s >> 16) & 0xFF
+    for j in range(_ID_LEN):
+        buf[off + 5 + j] = ids[ioff + j]
+    p = off + ENC_HEAD
+    for j in range(n * ENTRY_LEN):
+        buf[p + j] = ent[eoff + j]
+    crc = _crc16(memoryview(buf)[off : off + ln - 2])
+    buf[off + ln - 2] = crc & 0xFF
+    buf[off + ln - 1] = crc >> 8
+    return ln
+
+
+def encode2(rpi, aem, t0_s, scans):
+    # scans: [(delta_2s, typical_rssi, max_rssi)], for tests and tools.
+    ids = bytearray(_ID_LEN)
+    ids[0:RPI_LEN] = rpi[0:RPI_LEN]
+    ids[RPI_LEN:_ID_LEN] = aem
+    ent = bytearray(len(scans) * ENTRY_LEN)
+    for i in range(len(scans)):
+        d, typ, mx = scans[i]
+        ent[3 * i] = d
+        ent[3 * i + 1] = _i8(typ)
+        ent[3 * i + 2] = _i8(mx)
+    b = bytearray(ENC_HEAD + len(ent) + 2)
+    encode2_into(b, 0, t0_s, ids, 0, ent, 0, len(scans))
+    return b
+
+
+def decode2(rec, day=0):
+    # (rpi_prefix, aem, [(unix, typical, max), ...]) or None.
+    if record2_len(rec, 0, len(rec)) != len(rec) or rec[0] != _T_ENC2:
+        return None
+    t = day * _DAY_S + (rec[2] | (rec[3] << 8) | (rec[4] << 16))
+    out = []
+    acc = 0
+    for p in range(ENC_HEAD, len(rec) - 2, ENTRY_LEN):
+        acc += rec[p]
+        out.append((t + 2 * acc, _s8(rec[p + 1]), _s8(rec[p + 2])))
+    return bytes(rec[5:13]), bytes(rec[13:17]), out
+
+
+def pad2(n):
+    # Pad records covering exactly n >= PAD_MIN bytes (each at most 255 bytes).
+    out = bytearray(n)
+    off = 0
+    while off < n:
+        k = n - off
+        if k > 255:
+            k = 255 if k - 255 >= PAD_MIN else k - PAD_MIN
+        out[off] = _T_PAD
+        out[off + 1] = k
+        crc = _crc16(memoryview(out)[off : off + k - 2])
+        out[off + k - 2] = crc & 0xFF
+        out[off + k - 1] = crc >> 8
+        off += k
+    return out
+
+
+def _read_at(f, pos, buf):
+    f.seek(pos)
+    k = f.readinto(buf)
+    return k if k else 0
+
+
+def walk2(f, size, fn=None):
+    # Walk the v2 records of an open segment. fn(pos, buf, i, n) is called per encounter
+    # record (buf[i:i+n]). Returns (end of the last good record, encounters, corrupt spans).
+    # A bad record followed by a good one is flash corruption: skipped (resynchronised on
+    # the next valid record); a bad record with nothing good after it is a torn tail.
+    buf = bytearray(_WIN)
+    pos = HEADER_LEN
+    count = 0
+    bad = 0
+    while pos < size:
+        k = _read_at(f, pos, buf)
+        n = record2_len(buf, 0, k)
+        if n:
+            if buf[0] == _T_ENC2:
+                count += 1
+                if fn is not None:
+                    fn(pos, buf, 0, n)
+            pos += n
+            continue
+        q = _resync(f, pos + 1, size, buf)
+        if q < 0:
+            break
+        bad += 1
+        pos = q
+    if pos > size:
+        pos = size
+    return pos, count, bad
+
+
+def _resync(f, start, size, buf):
+    # The first offset >= start where a valid v2 record begins, -1 if none.
+    pos = start
+    while pos < size:
+        k = _read_at(f, pos, buf)
+        lim = k - 255 if k == _WIN else k
+        if lim < 1:
+            lim = 1
+        for i in range(lim):
+            if (buf[i] == _T_ENC2 or buf[i] == _T_PAD) and record2_len(buf, i, k - i):
+                return pos + i
+        pos += lim
+    return -1
+
+
+def _version(path):
+    # (version, generation) of a segment file, (0, 0) when unreadable or not ours.
+    try:
+        with open(path, "rb") as f:
+            h = f.read(HEADER_LEN)
+    except OSError:
+        return 0, 0
+    if len(h) < HEADER_LEN or h[0:4] != MAGIC:
+        return 0, 0
+    if h[4] == 1:
+        return 1, 0
+    if h[4] == _VERSION and h[5] == RPI_LEN:
+        return 2, h[12] | (h[13] << 8) | (h[14] << 16) | (h[15] << 24)
+    return 0, 0
+
+
+def _overwrite(path, at, data):
+    # Write data at offset `at` (over a torn tail), in place: no copy of the file.
+    with open(path, "r+b") as f:
+        f.seek(at)
+        mv = memoryview(data)
+        i = 0
+        while i < len(data):
+            f.write(mv[i : i + 256])
+            i += 256
+
+
 def recover(path, day):
-    # Cut a torn tail: wrong length or a bad CRC in the last record(s). Returns the number of
-    # bytes cut (-1 when the file was unusable and removed).
+    # Repair a torn tail in place. Returns the torn bytes found (0 when clean, -1 when the
+    # file was unusable: removed or set aside). Raises OSError when the repair write fails.
     n = fsutil.size(path)
     if n < 0:
         return 0
     if n < HEADER_LEN:
         fsutil.remove(path)
         return -1
-    with open(path, "rb") as f:
-        head = f.read(HEADER_LEN)
-        if head[0:4] != MAGIC or head[4] != _VERSION:
-            f.close()
-            # Not ours or a different version: keep it aside, never append to it.
-            os.rename(path, path + ".bad")
-            return -1
-        good = HEADER_LEN + ((n - HEADER_LEN) // REC_LEN) * REC_LEN
-        rec = bytearray(REC_LEN)
-        while good > HEADER_LEN:
-            f.seek(good - REC_LEN)
-            f.readinto(rec)
-            if record_ok(rec):
-                break
-            good -= REC_LEN
-    if good == n:
-        return 0
-    # MicroPython files have no truncate(): copy the good prefix, then rename over.
-    tmp = path + ".tmp"
-    buf = bytearray(_COPY_CHUNK)
-    mv = memoryview(buf)
-    left = good
-    with open(path, "rb") as src:
-        with open(tmp, "wb") as dst:
-            while left > 0:
-                k = src.readinto(buf)
-                if not k:
+    v, _ = _version(path)
+    if v == 0:
+        # Not ours or a different version: keep it aside, never append to it.
+        fsutil.remove(path + ".bad")
+        os.rename(path, path + ".bad")
+        return -1
+    if v == 1:
+        with open(path, "rb") as f:
+            good = HEADER_LEN + ((n - HEADER_LEN) // REC_LEN) * REC_LEN
+            rec = bytearray(REC_LEN)
+            while good > HEADER_LEN:
+                f.seek(good - REC_LEN)
+                f.readinto(rec)
+                if _crc1_ok(rec) and rec[0] in (_REC_ENCOUNTER, 0):
                     break
-                if k > left:
-                    k = left
-                dst.write(mv[0:k])
-                left -= k
-    os.rename(tmp, path)
-    return n - good
+                good -= REC_LEN
+        if good == n:
+            return 0
+        k = (n - good + REC_LEN - 1) // REC_LEN
+        p = pad1()
+        fill = bytearray(k * REC_LEN)
+        for i in range(k):
+            fill[i * REC_LEN : (i + 1) * REC_LEN] = p
+        _overwrite(path, good, fill)
+        return n - good
+    with open(path, "rb") as f:
+        good, _, _ = walk2(f, n)
+    if good >= n:
+        return 0
+    k = n - good
+    _overwrite(path, good, pad2(k if k >= PAD_MIN else PAD_MIN))
+    return k
 
 
 class EncounterLog:
-    def __init__(self, root="", keep_days=_KEEP_DAYS, reserve_bytes=_RESERVE):
+    def __init__(self, root="", keep_days=_KEEP_DAYS, reserve_bytes=_RESERVE, open_max=_OPEN_MAX):
         self._dir = root + "/log"
         self._ack_path = self._dir + "/ack.json"
         self.keep_days = keep_days
         self.reserve = reserve_bytes
         self.dropped = 0  # records lost because the flash was full
-        self.cut_bytes = 0  # torn-tail bytes cut at open
+        self.cut_bytes = 0  # torn-tail bytes repaired at open
+        self.repair_failed = 0  # days left read-only because their repair failed
         self.deleted = []  # days deleted since boot
         self._pending = {}  # day -> bytearray of encoded records
+        self._pcount = {}  # day -> records in it
         self._npending = 0
-        fsutil.mkdir(self._dir)
+        self._info = {}  # day -> (version, generation)
+        self._frozen = {}  # day -> True: torn and not repairable, never appended to
+        # Open v2 records (RPIs still being heard): a fixed table, no growth.
+        self._omax = open_max
+        self._okey = {}  # RPI prefix -> slot
+        self._ids = bytearray(open_max * _ID_LEN)
+        self._ent = bytearray(open_max * MAX_SCANS * ENTRY_LEN)
+        self._t0 = [0] * open_max
+        self._n = [0] * open_max
+        self._loff = [0] * open_max  # offset of the last entry, 2 s units since t0
+        self._seen = [0] * open_max  # scan number it was last heard in
+        self._free = list(range(open_max))
+        self._seq = 0
         self.acks = {}
+        try:
+            self._open()
+        except OSError:
+            pass  # never stop the badge: an unreadable log still lets it trace and sync
+
+    def _open(self):
+        fsutil.mkdir(self._dir)
         raw = fsutil.read(self._ack_path)
         if raw:
             try:
@@ -150,17 +386,39 @@ class EncounterLog:
         for name in os.listdir(self._dir):
             if name.endswith(".tmp"):
                 fsutil.remove(self._dir + "/" + name)
+        days = self.days()
+        # A torn append can only be in the files last appended to: the two newest days.
+        for day in days[-2:]:
+            self._repair(day)
         for day in self.days():
-            c = recover(self.path(day), day)
-            if c > 0:
-                self.cut_bytes += c
+            self._info[day] = _version(self.path(day))
+
+    def _repair(self, day):
+        p = self.path(day)
+        for attempt in range(3):
+            try:
+                c = recover(p, day)
+                if c > 0:
+                    self.cut_bytes += c
+                return True
+            except OSError:
+                # No space for even one block: free the oldest other day, then retry.
+                if not self._drop_oldest(day):
+                    break
+        self._frozen[day] = True
+        self.repair_failed += 1
+        return False
 
     def path(self, day):
         return self._dir + "/" + str(day) + ".tcl"
 
     def days(self):
         out = []
-        for name in os.listdir(self._dir):
+        try:
+            names = os.listdir(self._dir)
+        except OSError:
+            return out
+        for name in names:
             if name.endswith(".tcl"):
                 try:
                     out.append(int(name[:-4]))
@@ -169,70 +427,183 @@ class EncounterLog:
         out.sort()
         return out
 
-    def add(self, rpi, aem, first_unix, last_unix, count, rmin, rmax, rmean):
-        day = first_unix // _DAY_S
+    def info(self, day):
+        # (format version, generation) of a day's segment; (0, 0) when there is none.
+        i = self._info.get(day)
+        if i is None:
+            i = _version(self.path(day))
+            self._info[day] = i
+        return i
+
+    def generation(self):
+        # The generation of the newest segment (0 when the log is empty).
+        d = self.days()
+        return self.info(d[-1])[1] if d else 0
+
+    # -- appending
+    def _buf(self, day):
         buf = self._pending.get(day)
         if buf is None:
             buf = bytearray()
             self._pending[day] = buf
-        off = len(buf)
-        buf.extend(bytes(REC_LEN))
-        encode_into(buf, off, rpi, aem, first_unix - day * _DAY_S, last_unix - first_unix,
-                    count, rmin, rmax, rmean)
-        self._npending += 1
+            self._pcount[day] = 0
+        return buf
+
+    def add(self, rpi, aem, first_unix, last_unix, count, rmin, rmax, rmean):
+        # One RPI heard in one scan (the scanner's aggregate). Returns True when the caller
+        # should flush soon (much is pending).
+        day = first_unix // _DAY_S
+        if self.info(day)[0] == 1:
+            # Today's file predates the upgrade: v1 records until the day ends.
+            buf = self._buf(day)
+            off = len(buf)
+            buf.extend(bytes(REC_LEN))
+            encode_into(buf, off, rpi, aem, first_unix - day * _DAY_S, last_unix - first_unix,
+                        count, rmin, rmax, rmean)
+            self._pcount[day] += 1
+            self._npending += 1
+            return self._npending >= _MAX_PENDING
+        k = bytes(rpi[0:RPI_LEN])
+        s = self._okey.get(k)
+        if s is not None:
+            d = (first_unix - self._t0[s] + 1) // 2 - self._loff[s]
+            if (first_unix // _DAY_S != self._t0[s] // _DAY_S or self._n[s] >= MAX_SCANS
+                    or d < 0 or d > 255):
+                self._close(s)
+                s = None
+        if s is None:
+            if not self._free:
+                old = 0
+                for j in range(1, self._omax):
+                    if self._seen[j] < self._seen[old]:
+                        old = j
+                self._close(old)
+            s = self._free.pop()
+            self._okey[k] = s
+            b = s * _ID_LEN
+            ids = self._ids
+            for j in range(RPI_LEN):
+                ids[b + j] = rpi[j]
+            for j in range(4):
+                ids[b + RPI_LEN + j] = aem[j]
+            self._t0[s] = first_unix
+            self._n[s] = 0
+            self._loff[s] = 0
+            d = 0
+        e = (s * MAX_SCANS + self._n[s]) * ENTRY_LEN
+        ent = self._ent
+        ent[e] = d
+        ent[e + 1] = _i8(rmean)
+        ent[e + 2] = _i8(rmax)
+        self._n[s] += 1
+        self._loff[s] += d
+        self._seen[s] = self._seq
         return self._npending >= _MAX_PENDING
 
-    def pending(self):
-        return self._npending
+    def _close(self, s):
+        # Move an open record into the pending write buffer of its day.
+        t0 = self._t0[s]
+        day = t0 // _DAY_S
+        n = self._n[s]
+        b = s * _ID_LEN
+        del self._okey[bytes(self._ids[b : b + RPI_LEN])]
+        self._free.append(s)
+        if n == 0:
+            return
+        buf = self._buf(day)
+        off = len(buf)
+        buf.extend(bytes(ENC_HEAD + n * ENTRY_LEN + 2))
+        encode2_into(buf, off, t0 - day * _DAY_S, self._ids, b, self._ent,
+                     s * MAX_SCANS * ENTRY_LEN, n)
+        self._n[s] = 0
+        self._pcount[day] += 1
+        self._npending += 1
 
-    def flush(self):
-        # One write per day with pending records, then close (littlefs commits on close).
+    def pending(self):
+        # Records waiting in RAM: written ones pending plus RPIs still being heard.
+        return self._npending + len(self._okey)
+
+    def flush(self, final=False):
+        # End of a scan: close the records of RPIs not heard in the last scans and write
+        # them (one write per day, then close: littlefs commits on close). final=True (the
+        # app stopping, a sync starting) writes every open record too.
+        self._seq += 1
+        done = []
+        for k in self._okey:
+            s = self._okey[k]
+            if final or self._seq - self._seen[s] > _GAP_SCANS:
+                done.append(s)
+        t0 = self._t0
+        for i in range(1, len(done)):  # written in first-seen order (insertion sort, <= 64)
+            s = done[i]
+            j = i - 1
+            while j >= 0 and t0[done[j]] > t0[s]:
+                done[j + 1] = done[j]
+                j -= 1
+            done[j + 1] = s
+        for s in done:
+            self._close(s)
         days = sorted(self._pending)
         for day in days:
             data = self._pending.pop(day)
-            self._write(day, data)
+            n = self._pcount.pop(day)
+            if not self._write(day, data):
+                self.dropped += n
         self._npending = 0
 
+    def close(self):
+        self.flush(True)
+
     def _write(self, day, data):
+        if self._frozen.get(day):
+            return False
         p = self.path(day)
-        new = fsutil.size(p) < 0
-        need = len(data) + (HEADER_LEN if new else 0)
         for attempt in range(self.keep_days + 1):
+            new = fsutil.size(p) < 0
+            need = len(data) + (HEADER_LEN if new else 0)
             free, _ = fsutil.free_bytes(self._dir)
             if free >= 0 and free < need + self.reserve:
                 if self._drop_oldest(day):
                     continue
             try:
-                with open(p, "ab") as f:
-                    if new:
-                        f.write(header(day) + data)
-                    else:
+                if new:
+                    gen = new_generation()
+                    v = self._info.get(day, (_VERSION, 0))[0]
+                    self._info[day] = (_VERSION, gen) if v != 1 else (1, 0)
+                    with open(p, "ab") as f:
+                        f.write(header(day, self._info[day][0], gen))
+                        f.write(data)
+                else:
+                    with open(p, "ab") as f:
                         f.write(data)
                 return True
             except OSError as e:
                 if e.args and e.args[0] == 28:
-                    # ENOSPC: cut any partial append, then free the oldest day and retry.
-                    recover(p, day)
-                    new = fsutil.size(p) < 0
+                    # ENOSPC: repair any partial append in place, free the oldest day, retry.
+                    if fsutil.size(p) >= 0 and not self._repair(day):
+                        return False
                     if self._drop_oldest(day):
                         continue
-                self.dropped += len(data) // REC_LEN
                 return False
-        self.dropped += len(data) // REC_LEN
         return False
 
     def _drop_oldest(self, keep_day):
         for d in self.days():
-            if d != keep_day and d < keep_day:
+            if d < keep_day:
                 self._delete(d)
                 return True
         return False
 
     def _delete(self, day):
         fsutil.remove(self.path(day))
+        if day in self._info:
+            del self._info[day]
         if day in self.acks:
             del self.acks[day]
-            self._save_acks()
+            try:
+                self._save_acks()
+            except OSError:
+                pass
         self.deleted.append(day)
         if len(self.deleted) > 16:
             self.deleted.pop(0)
@@ -265,7 +636,9 @@ class EncounterLog:
         size = fsutil.size(self.path(day))
         if size < 0:
             raise ValueError("no such day")
-        if off < 0 or off > size or (off != 0 and off != HEADER_LEN and (off - HEADER_LEN) % REC_LEN):
+        if off < 0 or off > size or 0 < off < HEADER_LEN:
+            raise ValueError("bad offset")
+        if self.info(day)[0] == 1 and off != 0 and off != HEADER_LEN and (off - HEADER_LEN) % REC_LEN:
             raise ValueError("bad offset")
         if off > self.acks.get(day, 0):
             self.acks[day] = off
@@ -277,38 +650,64 @@ class EncounterLog:
             f.seek(off)
             return f.read(n)
 
-    def _edge(self, day, last):
+    # -- summary
+    def _stats(self, day):
+        # (records, first unix, last unix) of one segment, None times when empty.
         p = self.path(day)
         n = fsutil.size(p)
-        if n < HEADER_LEN + REC_LEN:
-            return None
+        v = self.info(day)[0]
+        if n < HEADER_LEN or v == 0:
+            return 0, None, None
+        if v == 1:
+            recs = 0
+            first = last = None
+            with open(p, "rb") as f:
+                r = bytearray(REC_LEN)
+                for i in range((n - HEADER_LEN) // REC_LEN):
+                    f.seek(HEADER_LEN + i * REC_LEN)
+                    f.readinto(r)
+                    d = decode(r, day)
+                    if d is not None:
+                        recs += 1
+                        if first is None or d[2] < first:
+                            first = d[2]
+                        if last is None or d[3] > last:
+                            last = d[3]
+            return recs, first, last
+        edge = [None, None]
+
+        def fn(pos, buf, i, ln):
+            t = day * _DAY_S + (buf[i + 2] | (buf[i + 3] << 8) | (buf[i + 4] << 16))
+            acc = 0
+            for q in range(i + ENC_HEAD, i + ln - 2, ENTRY_LEN):
+                acc += buf[q]
+            if edge[0] is None or t < edge[0]:
+                edge[0] = t
+            if edge[1] is None or t + 2 * acc > edge[1]:
+                edge[1] = t + 2 * acc
+
         with open(p, "rb") as f:
-            if last:
-                f.seek(HEADER_LEN + ((n - HEADER_LEN) // REC_LEN - 1) * REC_LEN)
-            else:
-                f.seek(HEADER_LEN)
-            r = decode(f.read(REC_LEN), day)
-        if r is None:
-            return None
-        return r[3] if last else r[2]
+            _, count, _ = walk2(f, n, fn)
+        return count, edge[0], edge[1]
 
     def summary(self):
         days = self.days()
         records = 0
         unacked = 0
-        for d in days:
-            n = fsutil.size(self.path(d))
-            records += max(0, (n - HEADER_LEN) // REC_LEN)
-            a = self.acks.get(d, 0)
-            unacked += n - a if a else n
         first = last = None
         for d in days:
-            first = self._edge(d, False)
-            if first is not None:
-                break
-        for d in reversed(days):
-            last = self._edge(d, True)
-            if last is not None:
-                break
+            n = fsutil.size(self.path(d))
+            try:
+                c, a, b = self._stats(d)
+            except OSError:
+                c, a, b = 0, None, None
+            records += c
+            if a is not None and (first is None or a < first):
+                first = a
+            if b is not None and (last is None or b > last):
+                last = b
+            k = self.acks.get(d, 0)
+            unacked += n - k if k else n
         return {"days": len(days), "records": records, "first": first, "last": last,
-                "unacked_bytes": unacked, "pending": self._npending, "dropped": self.dropped}
+                "unacked_bytes": unacked, "pending": self.pending(), "dropped": self.dropped,
+                "generation": self.generation()}

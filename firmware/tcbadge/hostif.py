@@ -192,7 +192,7 @@ class Host:
               "stats": stats() if stats is not None else None,
               "log": {"days": s["days"], "records": s["records"], "first": s["first"],
                       "last": s["last"], "unacked_bytes": s["unacked_bytes"],
-                      "cut_bytes": log.cut_bytes}})
+                      "cut_bytes": log.cut_bytes, "generation": "%08x" % s["generation"]}})
 
     # -- authenticated
     def set_time(self, unix):
@@ -209,8 +209,11 @@ class Host:
 
     def _segments(self):
         out = []
-        for day, size, acked in self._log().segments():
-            out.append({"day": day, "size": size, "acked": acked})
+        log = self._log()
+        for day, size, acked in log.segments():
+            v, gen = log.info(day)  # format version; generation (v2), a new one per file
+            out.append({"day": day, "size": size, "acked": acked, "v": v,
+                        "gen": "%08x" % gen if v == 2 else None})
         _out({"segments": out})
 
     def read(self, day, off, n):

@@ -130,7 +130,7 @@ class SightingTable:
     def from_sightings(cls, sightings: Iterable[Sighting]) -> "SightingTable":
         ss = sightings if isinstance(sightings, list) else list(sightings)
         return cls(
-            [s.time for s in ss], b"".join(s.rpi for s in ss), b"".join(s.aem for s in ss), [s.rssi for s in ss],
+            [s.time for s in ss], b"".join(s.rpi.ljust(16, b"\0") for s in ss), b"".join(s.aem for s in ss), [s.rssi for s in ss],
             [s.rssi_max or 0 for s in ss], [s.rssi_max is not None for s in ss],
             [s.duration_s or 0 for s in ss], [s.duration_s is not None for s in ss],
         )
@@ -351,6 +351,42 @@ def _worker(args):
     return _scan_range(*args)
 
 
+RPI_PREFIX = 8  # log format v2 keeps the first 8 bytes of a heard RPI (docs/log-format.md)
+_PAD = bytes(16 - RPI_PREFIX)
+
+
+def _prefix_only(table: SightingTable) -> np.ndarray:
+    """Sightings that hold an 8-byte RPI prefix (stored zero-padded to 16 bytes)."""
+    if not len(table):
+        return np.zeros(0, bool)
+    return np.frombuffer(table.rpi, dtype="<u8")[1::2] == 0
+
+
+def _prefix_candidates(keys: ResolvedKeys, heard_prefixes: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """Like `candidates_resolved`, for heard 8-byte RPI prefixes (first 8 bytes, as u64)."""
+    heard = np.unique(heard_prefixes)
+    pairs, rpis = [], []
+    for lo in range(0, len(keys), CHUNK_KEYS):
+        hi = min(len(keys), lo + CHUNK_KEYS)
+        chunk = [(keys.teks[16 * i : 16 * i + 16], int(keys.start[i]), int(keys.period[i]))
+                 for i in range(lo, hi)]
+        if native.available():
+            buf = native.derive(chunk)
+        else:
+            parts = []
+            for tek, start, period in chunk:
+                rk = en.rpik(tek)
+                for off in range(0, period, 144):
+                    parts.append(en.aes_ecb(rk, en.padded_run(start + off, min(144, period - off))))
+            buf = b"".join(parts)
+        offsets = np.r_[0, np.cumsum([c[2] for c in chunk])]
+        for block in np.flatnonzero(np.isin(_prefixes(buf), heard)).tolist():
+            ki = int(np.searchsorted(offsets, block, side="right")) - 1
+            pairs.append((lo + ki, chunk[ki][1] + block - int(offsets[ki])))
+            rpis.append(buf[16 * block : 16 * block + 16])
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2), b"".join(rpis)
+
+
 def candidates_resolved(
     keys: ResolvedKeys,
     heard_rpis: bytes,
@@ -450,7 +486,15 @@ def match(
     stats.keys_revoked = res.keys_revoked
     stats.keys_unique = res.keys_unique
     table = _as_table(sightings)
-    pairs, rpis = candidates_resolved(res, table.rpi, jobs=jobs, progress=progress)
+    pref = _prefix_only(table)
+    if pref.any():  # log format v2: 8-byte RPI prefixes, matched on those 8 bytes
+        full = np.frombuffer(table.rpi, dtype="S16")[~pref].tobytes()
+        pairs, rpis = candidates_resolved(res, full, jobs=jobs, progress=progress) if full else (
+            np.zeros((0, 2), np.int64), b"")
+        p2, r2 = _prefix_candidates(res, np.frombuffer(table.rpi, dtype="<u8")[0::2][pref])
+        pairs, rpis = np.concatenate([pairs.reshape(-1, 2), p2]), rpis + r2
+    else:
+        pairs, rpis = candidates_resolved(res, table.rpi, jobs=jobs, progress=progress)
     stats.candidates = len(pairs)
     out: list[Match] = []
     if not len(pairs):
@@ -461,9 +505,10 @@ def match(
     s_hi = np.frombuffer(table.rpi, dtype="<u8")[0::2]
     h_hi = np.array([int.from_bytes(r[:8], "little") for r in hit_rpis], dtype="<u8")
     by_rpi: dict[bytes, list[int]] = {}
+    hit_pref = {r[:RPI_PREFIX] + _PAD for r in hit_rpis} if pref.any() else set()
     for si in np.flatnonzero(np.isin(s_hi, h_hi)).tolist():
         r = table.rpi[16 * si : 16 * si + 16]
-        if r in hit_rpis:
+        if (r in hit_pref) if pref[si] else (r in hit_rpis):
             by_rpi.setdefault(r, []).append(si)
     aemk_cache: dict[bytes, bytes] = {}
     key_cache: dict[int, DiagnosisKey] = {}
@@ -472,7 +517,10 @@ def match(
         key = key_cache.get(ki)
         if key is None:
             key = key_cache[ki] = res.key(ki)
-        for si in by_rpi.get(r, ()):
+        sis = by_rpi.get(r, [])
+        if hit_pref:
+            sis = sis + by_rpi.get(r[:RPI_PREFIX] + _PAD, [])
+        for si in sis:
             t = int(table.time[si])
             if abs(en.enin(t) - interval) > MATCH_WINDOW_INTERVALS:
                 stats.rejected_time += 1

@@ -16,7 +16,7 @@ def rec_args(i):
     return (rpi, b"\xa1\xa2\xa3\xa4", T0 + 100 + i, T0 + 130 + i, 7, -80, -60, -71)
 
 
-def test_record_layout_matches_doc(fw):
+def test_v1_record_layout_matches_doc(fw):
     rpi = bytes(range(16))
     r = fw.enlog.encode(rpi, b"\x01\x02\x03\x04", 0x123456, 300, 300, -90, -40, -65)
     assert len(r) == 32
@@ -26,7 +26,7 @@ def test_record_layout_matches_doc(fw):
     assert r[26] == 255  # count saturates
     assert struct.unpack("<bbb", r[27:30]) == (-90, -40, -65)
     assert struct.unpack("<H", r[30:32])[0] == binascii.crc32(bytes(r[:30])) & 0xFFFF
-    assert fw.enlog.header(DAY) == b"TCLG\x01\x00\x00\x00" + struct.pack("<I", DAY) + bytes(4)
+    assert fw.enlog.header(DAY, 1) == b"TCLG\x01\x00\x00\x00" + struct.pack("<I", DAY) + bytes(4)
     d = fw.enlog.decode(r, 1)
     assert d == (rpi, b"\x01\x02\x03\x04", 86400 + 0x123456, 86400 + 0x123456 + 300, 255, -90, -40, -65)
     bad = bytearray(r)
@@ -34,71 +34,184 @@ def test_record_layout_matches_doc(fw):
     assert fw.enlog.decode(bad) is None
 
 
-def test_append_flush_and_reopen(fw, tmp_path):
-    log = fw.enlog.EncounterLog(str(tmp_path))
-    for i in range(10):
-        log.add(*rec_args(i))
-    assert not os.path.exists(log.path(DAY))  # batched in RAM until flush
+def test_v2_record_layout_matches_doc(fw):
+    rpi = bytes(range(16))
+    r = fw.enlog.encode2(rpi, b"\x01\x02\x03\x04", 0x012345, [(0, -70, -61), (61, -75, -66)])
+    assert len(r) == 17 + 2 * 3 + 2
+    assert r[0] == 2 and r[1] == len(r)
+    assert r[2:5] == bytes([0x45, 0x23, 0x01])
+    assert r[5:13] == rpi[:8] and r[13:17] == b"\x01\x02\x03\x04"
+    assert struct.unpack("<Bbb", r[17:20]) == (0, -70, -61)
+    assert struct.unpack("<Bbb", r[20:23]) == (61, -75, -66)
+    assert struct.unpack("<H", r[23:25])[0] == binascii.crc32(bytes(r[:23])) & 0xFFFF
+    assert fw.enlog.header(DAY, 2, 0xA1B2C3D4) == (b"TCLG\x02\x08\x00\x00" + struct.pack("<I", DAY)
+                                                  + struct.pack("<I", 0xA1B2C3D4))
+    assert fw.enlog.decode2(r, 1) == (rpi[:8], b"\x01\x02\x03\x04",
+                                      [(86400 + 0x012345, -70, -61), (86400 + 0x012345 + 122, -75, -66)])
+    bad = bytearray(r)
+    bad[7] ^= 1
+    assert fw.enlog.decode2(bad) is None
+    for n in (4, 5, 255, 256, 258, 259, 600):
+        pads = fw.enlog.pad2(n)
+        assert len(pads) == n
+        off = 0
+        while off < n:
+            k = fw.enlog.record2_len(pads, off, n - off)
+            assert k >= 4 and pads[off] == 0
+            off += k
+        assert off == n
+
+
+def scan_add(log, t, rpis, rssi=-70):
+    for j, rpi in enumerate(rpis):
+        log.add(rpi, b"\xa1\xa2\xa3\xa4", t + j % 3, t + j % 3 + 2, 9, rssi - 9, rssi + 5, rssi)
     log.flush()
-    assert os.path.getsize(log.path(DAY)) == 16 + 320
+
+
+def test_one_record_per_rpi_over_its_lifetime(fw, tmp_path):
+    log = fw.enlog.EncounterLog(str(tmp_path))
+    rpis = [bytes([i]) * 16 for i in range(10)]
+    for k in range(5):  # five scans, 120 s apart, every RPI heard in each
+        scan_add(log, T0 + 100 + 120 * k, rpis, -70 - k)
+    assert not os.path.exists(log.path(DAY))  # still being heard: kept in RAM
+    assert log.pending() == 10
+    scan_add(log, T0 + 700, [])
+    scan_add(log, T0 + 820, [])
+    scan_add(log, T0 + 940, [])  # not heard in two scans: written
+    data = open(log.path(DAY), "rb").read()
+    assert len(data) == 16 + 10 * (17 + 5 * 3 + 2)
+    assert data[:6] == b"TCLG\x02\x08"
     log2 = fw.enlog.EncounterLog(str(tmp_path))
     assert log2.cut_bytes == 0
     s = log2.summary()
     assert s["records"] == 10 and s["days"] == 1
-    assert s["first"] == T0 + 100 and s["last"] == T0 + 139
-    data = open(log2.path(DAY), "rb").read()
+    assert s["first"] == T0 + 100 and s["last"] == T0 + 100 + 480 + 2
+    assert s["generation"] == log2.info(DAY)[1] != 0
+    off = 16
     for i in range(10):
-        r = fw.enlog.decode(data[16 + 32 * i: 48 + 32 * i], DAY)
-        assert r == (rec_args(i)[0], b"\xa1\xa2\xa3\xa4", T0 + 100 + i, T0 + 130 + i, 7, -80, -60, -71)
+        n = data[off + 1]
+        rpi, aem, scans = fw.enlog.decode2(data[off:off + n], DAY)
+        assert rpi == rpis[i][:8] and aem == b"\xa1\xa2\xa3\xa4"
+        assert [t for t, _, _ in scans] == [T0 + 100 + i % 3 + 120 * k for k in range(5)]
+        assert [(a, b) for _, a, b in scans] == [(-70 - k, -65 - k) for k in range(5)]
+        off += n
+
+
+def test_final_flush_writes_open_records_and_gaps_split(fw, tmp_path):
+    log = fw.enlog.EncounterLog(str(tmp_path))
+    scan_add(log, T0 + 100, [b"\x01" * 16])
+    scan_add(log, T0 + 100 + 600, [b"\x01" * 16])  # 600 s later: 300 units fit no byte
+    log.flush(True)
+    data = open(log.path(DAY), "rb").read()
+    assert len(data) == 16 + 2 * (17 + 3 + 2)
 
 
 def test_records_split_by_day(fw, tmp_path):
     log = fw.enlog.EncounterLog(str(tmp_path))
     log.add(b"\x01" * 16, b"\x00" * 4, T0 - 5, T0 - 1, 1, -50, -50, -50)
     log.add(b"\x02" * 16, b"\x00" * 4, T0 + 5, T0 + 9, 1, -50, -50, -50)
-    log.flush()
+    log.add(b"\x01" * 16, b"\x00" * 4, T0 + 115, T0 + 119, 1, -50, -50, -50)
+    log.flush(True)
     assert log.days() == [DAY - 1, DAY]
+    assert os.path.getsize(log.path(DAY)) == 16 + 2 * 22
+    assert log.info(DAY)[1] != log.info(DAY - 1)[1]  # a new random generation per file
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_torn_tail_is_cut_and_earlier_records_kept(fw, tmp_path, seed):
+def test_torn_tail_is_repaired_in_place_and_earlier_records_kept(fw, tmp_path, seed):
     rnd = random.Random(seed)
     log = fw.enlog.EncounterLog(str(tmp_path))
     n = rnd.randint(1, 30)
-    for i in range(n):
-        log.add(*rec_args(i))
-    log.flush()
+    scan_add(log, T0 + 100, [bytes([i]) * 16 for i in range(n)])
+    log.flush(True)
     p = log.path(DAY)
     good = open(p, "rb").read()
+    ino = os.stat(p).st_ino
     # A torn append: a prefix of the next batch, possibly ending in the middle of a record,
     # and possibly with garbage where the flash was being programmed.
-    batch = b"".join(bytes(fw.enlog.encode(*[a if j else a for j, a in enumerate(rec_args(100 + k))][:8])) for k in range(3))
+    batch = b"".join(bytes(fw.enlog.encode2(bytes([200 + k]) * 16, b"\x00" * 4, 5000 + k,
+                                            [(0, -60, -55), (60, -61, -50)])) for k in range(3))
     cut = rnd.randint(1, len(batch) - 1)
     torn = bytearray(batch[:cut])
-    if rnd.random() < 0.5 and cut % 32:
+    if rnd.random() < 0.5:
         torn[-1] ^= 0xFF
     with open(p, "ab") as f:
         f.write(torn)
     log2 = fw.enlog.EncounterLog(str(tmp_path))
     after = open(p, "rb").read()
-    whole = cut // 32
+    assert os.stat(p).st_ino == ino  # repaired in place, not copied
     assert after[: len(good)] == good
-    assert len(after) == len(good) + whole * 32
-    assert log2.cut_bytes == cut - whole * 32
+    whole = 0
+    off = len(good)
+    while fw.enlog.record2_len(after, off, len(after) - off) and after[off] == 2:
+        whole += 1
+        off += after[off + 1]
+    flipped = torn[-1] != batch[cut - 1]
+    assert whole == cut // 25 - (1 if flipped and cut % 25 == 0 else 0)
+    # The rest is padding: the segment parses to the end with no error.
+    assert log2.cut_bytes == len(good) + cut - off
+    assert fw.enlog.EncounterLog(str(tmp_path)).cut_bytes == 0
+    scan_add(log2, T0 + 9000, [b"\x77" * 16])
+    log2.flush(True)
+    from tracecode.station import logfmt
+    parsed = logfmt.parse_segment(open(p, "rb").read(), 0, DAY)
+    assert parsed.crc_errors == 0
+    assert len(parsed.records) == n + 2 * whole + 1
+    assert parsed.records[-1].rpi == b"\x77" * 8
 
 
-def test_bad_last_record_crc_is_dropped(fw, tmp_path):
+def test_bad_last_record_crc_is_padded_over(fw, tmp_path):
     log = fw.enlog.EncounterLog(str(tmp_path))
-    for i in range(5):
-        log.add(*rec_args(i))
-    log.flush()
+    scan_add(log, T0 + 100, [bytes([i]) * 16 for i in range(5)])
+    log.flush(True)
     p = log.path(DAY)
     data = bytearray(open(p, "rb").read())
     data[-3] ^= 0x55  # corrupt the last record (full length, bad CRC)
     open(p, "wb").write(data)
-    fw.enlog.EncounterLog(str(tmp_path))
-    assert os.path.getsize(p) == 16 + 4 * 32
-    assert open(p, "rb").read() == bytes(data[: 16 + 128])
+    log2 = fw.enlog.EncounterLog(str(tmp_path))
+    assert log2.cut_bytes == 22
+    after = open(p, "rb").read()
+    assert len(after) == len(data) and after[: 16 + 4 * 22] == bytes(data[: 16 + 4 * 22])
+    assert after[16 + 4 * 22] == 0  # a pad record
+    assert log2.summary()["records"] == 4
+
+
+def test_mid_file_corruption_is_skipped_not_cut(fw, tmp_path):
+    log = fw.enlog.EncounterLog(str(tmp_path))
+    scan_add(log, T0 + 100, [bytes([i]) * 16 for i in range(5)])
+    log.flush(True)
+    p = log.path(DAY)
+    data = bytearray(open(p, "rb").read())
+    data[16 + 22 + 8] ^= 0x10  # flip a bit in the second record
+    open(p, "wb").write(data)
+    log2 = fw.enlog.EncounterLog(str(tmp_path))
+    assert log2.cut_bytes == 0 and open(p, "rb").read() == bytes(data)
+    assert log2.summary()["records"] == 4
+
+
+def test_v1_segment_stays_readable_and_gets_v1_records_until_the_day_ends(fw, tmp_path):
+    # A badge upgraded mid-day: its v1 file for today keeps v1 records; tomorrow is v2.
+    (tmp_path / "log").mkdir()
+    old = [fw.enlog.encode(*rec_args(i)) for i in range(3)]
+    p = tmp_path / "log" / f"{DAY}.tcl"
+    p.write_bytes(fw.enlog.header(DAY, 1) + b"".join(bytes(r) for r in old) + b"\x01\x02\x03")
+    log = fw.enlog.EncounterLog(str(tmp_path))
+    assert log.cut_bytes == 3 and log.info(DAY) == (1, 0)
+    data = p.read_bytes()
+    assert len(data) == 16 + 4 * 32 and data[16 + 96] == 0  # torn tail: one v1 pad record
+    log.add(*rec_args(7))
+    log.add(b"\x09" * 16, b"\x00" * 4, T0 + 86400 + 5, T0 + 86400 + 6, 1, -50, -50, -50)
+    log.flush(True)
+    data = p.read_bytes()
+    assert len(data) == 16 + 5 * 32
+    assert fw.enlog.decode(data[-32:], DAY) == (rec_args(7)[0], b"\xa1\xa2\xa3\xa4", T0 + 107, T0 + 137,
+                                                 7, -80, -60, -71)
+    assert log.info(DAY + 1)[0] == 2
+    s = log.summary()
+    assert s["records"] == 5 and s["days"] == 2
+    assert log.ack(DAY, 16 + 32, DAY + 1) == []
+    with pytest.raises(ValueError):
+        log.ack(DAY, 17 + 32, DAY + 1)
 
 
 def test_short_header_file_removed(fw, tmp_path):
@@ -112,7 +225,7 @@ def test_retention_and_ack(fw, tmp_path):
     log = fw.enlog.EncounterLog(str(tmp_path))
     for d in range(DAY - 15, DAY + 1):
         log.add(b"\x05" * 16, b"\x00" * 4, d * 86400 + 10, d * 86400 + 20, 2, -70, -60, -65)
-    log.flush()
+    log.flush(True)
     assert len(log.days()) == 16
     deleted = log.housekeep(DAY)
     assert deleted == [DAY - 15, DAY - 14]
@@ -125,13 +238,11 @@ def test_retention_and_ack(fw, tmp_path):
     assert log.ack(DAY, os.path.getsize(log.path(DAY)), DAY) == []
     assert DAY in log.days()
     with pytest.raises(ValueError):
-        log.ack(DAY - 1, 17, DAY)
-    with pytest.raises(ValueError):
         log.ack(DAY - 1, 10**6, DAY)
     log2 = fw.enlog.EncounterLog(str(tmp_path))
     assert log2.acks[DAY - 2] == 16
     segs = {d: (s, a) for d, s, a in log2.segments()}
-    assert segs[DAY - 2] == (48, 16)
+    assert segs[DAY - 2] == (16 + 22, 16)
 
 
 def test_full_flash_drops_oldest_day(fw, tmp_path, monkeypatch):
@@ -148,12 +259,12 @@ def test_full_flash_drops_oldest_day(fw, tmp_path, monkeypatch):
     monkeypatch.setattr(fw.fsutil.os, "statvfs", statvfs, raising=False)
     log = fw.enlog.EncounterLog(str(tmp_path), reserve_bytes=4096)
     for d in range(DAY - 5, DAY + 1):
-        for i in range(200):
-            log.add(*[(bytes([i]) * 16), b"\x00" * 4, d * 86400 + i, d * 86400 + i, 1, -60, -60, -60])
-        log.flush()
+        for i in range(400):
+            log.add(*[(struct.pack("<H", i) * 8), b"\x00" * 4, d * 86400 + i, d * 86400 + i, 1, -60, -60, -60])
+        log.flush(True)
     days = log.days()
     assert days[-1] == DAY
     assert days[0] > DAY - 5  # the oldest days went first
     assert days == list(range(days[0], DAY + 1))  # and only from the old end
     assert log.dropped == 0
-    assert os.path.getsize(log.path(DAY)) == 16 + 200 * 32
+    assert os.path.getsize(log.path(DAY)) == 16 + 400 * 22

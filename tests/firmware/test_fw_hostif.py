@@ -126,17 +126,21 @@ def test_log_read_ack_and_health(badge, fw):
     for i in range(5):
         log.add(bytes([i]) * 16, b"\x01\x02\x03\x04", T - 3000 + i, T - 2990 + i, 3, -70, -60, -65)
     log.add(b"\x09" * 16, b"\x01\x02\x03\x04", T - 86400, T - 86390, 3, -70, -60, -65)
-    log.flush()
+    log.flush(True)
     segs = badge.j(h, "segments")["segments"]
-    assert segs == [{"day": day - 1, "size": 48, "acked": 0}, {"day": day, "size": 176, "acked": 0}]
+    gens = [s.pop("gen") for s in segs]  # log format v2: a random generation per file
+    assert all(len(g) == 8 for g in gens) and gens[0] != gens[1]
+    assert segs == [{"day": day - 1, "size": 38, "acked": 0, "v": 2},
+                    {"day": day, "size": 126, "acked": 0, "v": 2}]
     data = base64.b64decode(badge.call(h, "read", day, 0, 1000))
     assert data == open(log.path(day), "rb").read()
     assert base64.b64decode(badge.call(h, "read", day, 48, 64)) == data[48:112]
     assert badge.call(h, "read", day, 500, 64) == "\n"
     assert badge.j(h, "read", day + 5, 0, 10)["error"] == "input"
-    assert badge.j(h, "ack", day, 17)["error"] == "input"
-    assert badge.j(h, "ack", day - 1, 48) == {"ok": True, "deleted": [day - 1]}
-    assert badge.j(h, "ack", day, 176) == {"ok": True, "deleted": []}  # today is kept
+    assert badge.j(h, "ack", day, 15)["error"] == "input"
+    assert badge.j(h, "ack", day, 127)["error"] == "input"
+    assert badge.j(h, "ack", day - 1, 38) == {"ok": True, "deleted": [day - 1]}
+    assert badge.j(h, "ack", day, 126) == {"ok": True, "deleted": []}  # today is kept
     st = badge.j(h, "status")
     assert st["log"]["days"] == 1 and st["log"]["unacked_bytes"] == 0 and st["log"]["records"] == 5
     assert badge.j(h, "set_health", "red") == {"ok": True}

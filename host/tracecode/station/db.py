@@ -123,6 +123,11 @@ MIGRATIONS: list[str] = [
     UPDATE segments SET skipped = max(0, (synced_offset - 16) / 32 - (SELECT count(*)
         FROM encounters e WHERE e.badge_id = segments.badge_id AND e.day = segments.day));
     """,
+    # 2 -> 3: the log generation of each synced segment (log format v2: a badge erased or
+    # re-flashed writes new files with a new random generation; NULL for v1 segments).
+    """
+    ALTER TABLE segments ADD COLUMN generation TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -429,12 +434,21 @@ class Database:
                                  (badge_id,))
         return {r[0]: r[1] for r in rows}
 
+    def segment_generations(self, badge_id: str) -> dict[int, str | None]:
+        rows = self.conn.execute("SELECT day, generation FROM segments WHERE badge_id=?",
+                                 (badge_id,))
+        return {r[0]: r[1] for r in rows}
+
     def commit_pull(self, badge_id: str, session_id: int,
-                    pulled: dict[int, tuple[int, list[logfmt.Encounter]]]) -> tuple[int, int]:
+                    pulled: dict[int, tuple[int, list[logfmt.Encounter]]],
+                    generations: dict[int, str | None] | None = None) -> tuple[int, int]:
         """Store pulled records and the new synced offset of each day in ONE transaction.
 
-        `pulled` maps day -> (new synced offset, records). Returns (new, duplicates).
+        `pulled` maps day -> (new synced offset, records); `generations` the badge's log
+        generation of each day: a different one than stored replaces the day's offsets
+        (a new file) instead of keeping the larger. Returns (new, duplicates).
         """
+        generations = generations or {}
         new = dup = 0
         with self.transaction() as c:
             for day, (offset, records) in sorted(pulled.items()):
@@ -451,10 +465,16 @@ class Database:
                     else:
                         dup += 1
                 c.execute(
-                    """INSERT INTO segments (badge_id, day, synced_offset) VALUES (?, ?, ?)
+                    """INSERT INTO segments (badge_id, day, synced_offset, generation)
+                       VALUES (?, ?, ?, ?)
                        ON CONFLICT(badge_id, day) DO UPDATE SET
-                         synced_offset = max(synced_offset, excluded.synced_offset)""",
-                    (badge_id, day, offset))
+                         synced_offset = CASE WHEN generation IS excluded.generation
+                           THEN max(synced_offset, excluded.synced_offset)
+                           ELSE excluded.synced_offset END,
+                         acked_offset = CASE WHEN generation IS excluded.generation
+                           THEN acked_offset ELSE 0 END,
+                         generation = excluded.generation""",
+                    (badge_id, day, offset, generations.get(day)))
                 c.execute(
                     """UPDATE segments SET skipped = max(0, (synced_offset - ?) / ? - (SELECT
                          count(*) FROM encounters e WHERE e.badge_id = segments.badge_id

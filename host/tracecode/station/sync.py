@@ -117,10 +117,20 @@ def sync_badge(db: Database, port: str, *, progress: Progress | None = None,
         segs = link.segments()
         synced = db.synced_offsets(bid)
 
+        gens = db.segment_generations(bid)
+        versions: dict[int, int] = {}
+        generations: dict[int, str | None] = {}
         plan = []
         for seg in sorted(segs, key=lambda s: int(s["day"])):
             day, size, acked = int(seg["day"]), int(seg["size"]), int(seg.get("acked", 0))
-            end = _record_end(size)
+            versions[day] = version = int(seg.get("v") or 1)
+            generations[day] = gen = seg.get("gen")
+            end = _record_end(size) if version == 1 else size
+            if day in gens and gens[day] != gen:
+                # A new log generation (badge erased or re-flashed): the stored offset
+                # belongs to the old file; this one is read from its own acknowledgement.
+                rep.warnings.append(f"day {day}: new log generation; reading it from the start")
+                synced[day] = 0
             start = max(acked, synced.get(day, 0))
             if synced.get(day, 0) > size:
                 rep.warnings.append(f"day {day}: badge file shorter than already synced; "
@@ -151,35 +161,22 @@ def sync_badge(db: Database, port: str, *, progress: Progress | None = None,
             rep.payload_bytes += len(data)
             done += len(data)
             prog("pulling", min(done, total), total)
-            records, pos = [], start
-            if start == 0:
-                why = logfmt.check_header(data[:logfmt.HEADER_SIZE], day)
-                if why:
-                    rep.warnings.append(f"day {day}: segment header invalid ({why}); skipped")
-                    continue
-                pos = logfmt.HEADER_SIZE
-            while pos + logfmt.RECORD_SIZE <= start + len(data):
-                rec = data[pos - start: pos - start + logfmt.RECORD_SIZE]
-                if not logfmt.crc_ok(rec):
-                    again = link.read_range(day, pos, pos + logfmt.RECORD_SIZE)
-                    if logfmt.crc_ok(again):
-                        rec = again
-                    else:
-                        rep.crc_errors += 1
-                        pos += logfmt.RECORD_SIZE
-                        continue
-                try:
-                    records.append(logfmt.decode_record(rec, day, pos))
-                except ValueError:
-                    rep.crc_errors += 1
-                pos += logfmt.RECORD_SIZE
+            try:
+                parsed = logfmt.parse_segment(
+                    data, start, day, versions[day],
+                    reread=lambda p, n, d=day: link.read_range(d, p, p + n))
+            except ValueError as exc:
+                rep.warnings.append(f"day {day}: segment header invalid ({exc}); skipped")
+                continue
+            rep.crc_errors += parsed.crc_errors
+            records, pos = parsed.records, parsed.end
             pulled[day] = (pos, records)
         rep.pull_seconds = time.monotonic() - tp
         rep.pull_wire_bytes = link.wire_bytes - wire0
 
         # -- commit: one transaction --
         prog("committing", done, total)
-        rep.records_new, rep.records_dup = db.commit_pull(bid, session, pulled)
+        rep.records_new, rep.records_dup = db.commit_pull(bid, session, pulled, generations)
 
         # -- acknowledge what the database holds --
         prog("acknowledging", done, total)
