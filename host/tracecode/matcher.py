@@ -491,10 +491,12 @@ def match(
         full = np.frombuffer(table.rpi, dtype="S16")[~pref].tobytes()
         pairs, rpis = candidates_resolved(res, full, jobs=jobs, progress=progress) if full else (
             np.zeros((0, 2), np.int64), b"")
+        n_full = len(pairs)  # hits of full RPIs first, then hits of prefixes
         p2, r2 = _prefix_candidates(res, np.frombuffer(table.rpi, dtype="<u8")[0::2][pref])
         pairs, rpis = np.concatenate([pairs.reshape(-1, 2), p2]), rpis + r2
     else:
         pairs, rpis = candidates_resolved(res, table.rpi, jobs=jobs, progress=progress)
+        n_full = len(pairs)
     stats.candidates = len(pairs)
     out: list[Match] = []
     if not len(pairs):
@@ -517,10 +519,7 @@ def match(
         key = key_cache.get(ki)
         if key is None:
             key = key_cache[ki] = res.key(ki)
-        sis = by_rpi.get(r, [])
-        if hit_pref:
-            sis = sis + by_rpi.get(r[:RPI_PREFIX] + _PAD, [])
-        for si in sis:
+        for si in by_rpi.get(r if n < n_full else r[:RPI_PREFIX] + _PAD, ()):
             t = int(table.time[si])
             if abs(en.enin(t) - interval) > MATCH_WINDOW_INTERVALS:
                 stats.rejected_time += 1

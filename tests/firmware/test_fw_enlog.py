@@ -88,13 +88,18 @@ def test_one_record_per_rpi_over_its_lifetime(fw, tmp_path):
     assert s["first"] == T0 + 100 and s["last"] == T0 + 100 + 480 + 2
     assert s["generation"] == log2.info(DAY)[1] != 0
     off = 16
-    for i in range(10):
+    got = {}
+    while off < len(data):
         n = data[off + 1]
         rpi, aem, scans = fw.enlog.decode2(data[off:off + n], DAY)
-        assert rpi == rpis[i][:8] and aem == b"\xa1\xa2\xa3\xa4"
+        assert aem == b"\xa1\xa2\xa3\xa4"
+        got[rpi] = scans
+        off += n
+    assert [s[0][0] for s in got.values()] == sorted(s[0][0] for s in got.values())  # by first seen
+    for i in range(10):
+        scans = got[rpis[i][:8]]
         assert [t for t, _, _ in scans] == [T0 + 100 + i % 3 + 120 * k for k in range(5)]
         assert [(a, b) for _, a, b in scans] == [(-70 - k, -65 - k) for k in range(5)]
-        off += n
 
 
 def test_final_flush_writes_open_records_and_gaps_split(fw, tmp_path):
@@ -268,3 +273,43 @@ def test_full_flash_drops_oldest_day(fw, tmp_path, monkeypatch):
     assert days == list(range(days[0], DAY + 1))  # and only from the old end
     assert log.dropped == 0
     assert os.path.getsize(log.path(DAY)) == 16 + 400 * 22
+
+
+# -- the firmware's log on real littlefs inside the real MicroPython unix port -------------
+MP_LFS = __import__("pathlib").Path(__file__).resolve().parent / "mp" / "mp_lfs.py"
+
+
+def _micropython(*args):
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("micropython") or str(Path(sys.executable).with_name("micropython"))
+    fw_dir = Path(__file__).resolve().parents[2] / "firmware"
+    proc = subprocess.run([exe, "-X", "heapsize=48M", str(MP_LFS), str(fw_dir), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_full_littlefs_and_torn_record_at_boot_in_micropython():
+    # Every block of the partition used and the newest file ending in a torn record: the
+    # log opens (the badge boots), repairs the tail in place after freeing the oldest day,
+    # keeps every earlier byte, and keeps logging.
+    r = _micropython("tornboot")
+    assert r["torn_bytes"] == 11 and r["free_before_boot"] == 0
+    assert r["cut_bytes"] == 11 and r["repair_failed"] == 0
+    assert r["prefix_kept"] and r["size_repaired"] >= r["size_before"] + 11
+    assert r["days"] == [20001, 20002]  # the oldest day made room
+    assert r["dropped"] == 0 and r["records"] > 2000
+
+
+def test_classroom_day_on_littlefs_in_micropython():
+    # One school day of a 30-person classroom: one record per heard RPI, far below v1's
+    # 32 bytes per neighbour-scan (the figure itself: tools/bench_firmware.py).
+    r = _micropython("bench", "1")
+    assert 6500 <= r["neighbour_scans_per_day"] <= 7100
+    assert r["flash_bytes_per_neighbour_scan"] < 8
+    assert 29 * 8 * 6 * 0.9 <= r["records_per_day"] <= 29 * 8 * 6 * 1.3

@@ -130,3 +130,41 @@ def test_full_flash_and_torn_record_at_boot_still_boots_and_syncs(fleet, db):
     recs = read_log(root)  # every segment parses: the torn tail became padding
     assert recs
     assert stored(db, bid) >= entries([r for r in recs if r["first"] // 86400 == today])
+
+
+def test_v2_records_match_by_rpi_prefix_like_v1_records():
+    """A v2 record (8-byte RPI prefix) decodes to sightings that the matcher matches to the
+    diagnosis key with the same attenuation as the full-RPI v1 record of the same scan."""
+    import random
+
+    from tracecode import en
+    from tracecode.export import DiagnosisKey
+    from tracecode.matcher import Sighting, match
+    from tracecode.station import logfmt
+
+    rnd = random.Random(4)
+    tek = rnd.randbytes(16)
+    day = 20000
+    rsin = day * 144
+    ivs = list(en.derive(tek, rsin, 144, metadata=en.encode_metadata(-8, 0)))
+    iv = ivs[60]  # 10:00 UTC
+    t0 = iv.enin * 600 + 30 - day * 86400 if hasattr(iv, "enin") else 36000 + 30
+    rec = logfmt.encode_v2(iv.rpi, iv.aem, t0, [(0, -70, -62), (60, -74, -66), (61, -72, -60)])
+    parsed = logfmt.parse_segment(logfmt.encode_header(day, 2, 0xC0FFEE) + rec, 0, day)
+    assert parsed.crc_errors == 0 and parsed.header.generation == 0xC0FFEE
+    v2 = [Sighting(e.first_seen, e.rpi, e.aem, e.rssi_mean, rssi_max=e.rssi_max) for e in parsed.records]
+    assert [s.time - day * 86400 - t0 for s in v2] == [0, 120, 242]
+    v1 = [Sighting(s.time, iv.rpi, s.aem, s.rssi, rssi_max=s.rssi_max) for s in v2]
+    # noise: random prefixes and full RPIs nobody's key makes
+    noise = [Sighting(day * 86400 + 36000 + i, rnd.randbytes(8), rnd.randbytes(4), -60) for i in range(300)]
+    noise += [Sighting(day * 86400 + 36000 + i, rnd.randbytes(16), rnd.randbytes(4), -60) for i in range(300)]
+    key = DiagnosisKey(tek, rsin, 144, 1, 0, 0)
+    other = DiagnosisKey(rnd.randbytes(16), rsin, 144, 1, 0, 0)
+    m2 = match([key, other], v2 + noise)
+    m1 = match([key, other], v1 + noise)
+    assert len(m2) == len(m1) == 3
+    assert [(m.time, m.tx_power, m.attenuation, m.min_attenuation, m.rpi) for m in m2] == \
+        [(m.time, m.tx_power, m.attenuation, m.min_attenuation, m.rpi) for m in m1]
+    assert m2[0].tx_power == -8 and m2[0].attenuation == -8 + 70 and m2[0].rpi == iv.rpi
+    # both kinds in one log (a badge upgraded mid-way): each found once
+    assert len(match([key], v1[:1] + v2[1:] + noise)) == 3
