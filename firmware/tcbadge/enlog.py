@@ -47,6 +47,7 @@ def header(day, version=_VERSION, gen=0):
 
 
 _GEN_CTR = [0]
+_LIVE = []  # the newest EncounterLog of this interpreter (0 or 1 item)
 
 
 def new_generation():
@@ -369,6 +370,15 @@ class EncounterLog:
         self._free = list(range(open_max))
         self._seq = 0
         self.acks = {}
+        # A second log object (the host interface after the app was interrupted) first
+        # writes the records the app still holds in RAM, whoever stopped the app.
+        prev = _LIVE.pop() if _LIVE else None
+        if prev is not None and prev._okey:
+            try:
+                prev.flush(True)
+            except OSError:
+                pass
+        _LIVE.append(self)
         try:
             self._open()
         except OSError:

@@ -313,3 +313,13 @@ def test_classroom_day_on_littlefs_in_micropython():
     assert 6500 <= r["neighbour_scans_per_day"] <= 7100
     assert r["flash_bytes_per_neighbour_scan"] < 8
     assert 29 * 8 * 6 * 0.9 <= r["records_per_day"] <= 29 * 8 * 6 * 1.3
+
+
+def test_a_second_log_object_writes_the_first_ones_open_records(fw, tmp_path):
+    # The app interrupted by a host without flush(True): the host interface's own log
+    # object writes what the app still held in RAM before it lists or reads segments.
+    app_log = fw.enlog.EncounterLog(str(tmp_path))
+    scan_add(app_log, T0 + 100, [b"\x01" * 16, b"\x02" * 16])
+    assert not os.path.exists(app_log.path(DAY))
+    host_log = fw.enlog.EncounterLog(str(tmp_path))
+    assert host_log.summary()["records"] == 2 and app_log.pending() == 0
