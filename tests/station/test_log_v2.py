@@ -168,3 +168,29 @@ def test_v2_records_match_by_rpi_prefix_like_v1_records():
     assert m2[0].tx_power == -8 and m2[0].attenuation == -8 + 70 and m2[0].rpi == iv.rpi
     # both kinds in one log (a badge upgraded mid-way): each found once
     assert len(match([key], v1[:1] + v2[1:] + noise)) == 3
+
+
+def test_v2_rows_in_the_database_match_through_the_column_table(db):
+    """`match --db` path: v2 rows (8-byte RPI prefix) read back as columns still match."""
+    import random
+
+    from tracecode import en
+    from tracecode.export import DiagnosisKey
+    from tracecode.matcher import match
+    from tracecode.station import logfmt
+
+    rnd = random.Random(9)
+    tek, day = rnd.randbytes(16), 20001
+    iv = en.derive(tek, day * 144, 144, metadata=en.encode_metadata(-4, 0))[70]
+    t0 = iv.enin * 600 + 20 - day * 86400
+    data = (logfmt.encode_header(day, 2, 7) + logfmt.encode_v2(iv.rpi, iv.aem, t0, [(0, -66, -60), (60, -68, -61)])
+            + logfmt.encode_v2(rnd.randbytes(16), rnd.randbytes(4), t0, [(0, -50, -50)]))
+    parsed = logfmt.parse_segment(data, 0, day)
+    db.add_badge("b1", "generic-esp32", bytes(32))
+    s = db.start_session("b1", "test")
+    assert db.commit_pull("b1", s, {day: (parsed.end, parsed.records)}, {day: "00000007"}) == (3, 0)
+    assert db.commit_pull("b1", s, {day: (parsed.end, parsed.records)}, {day: "00000007"}) == (0, 3)
+    assert db.check()["ok"]
+    ms = match([DiagnosisKey(tek, day * 144, 144, 1, 0, 0)], db.sighting_table("b1"))
+    assert [(m.time - day * 86400 - t0, m.tx_power, m.attenuation) for m in ms] == [(0, -4, 62), (120, -4, 64)]
+    assert len(match([DiagnosisKey(tek, day * 144, 144, 1, 0, 0)], db.sightings("b1"))) == 2

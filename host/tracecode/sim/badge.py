@@ -630,12 +630,14 @@ class Badge:
 
     # -- reporting -------------------------------------------------------------------------------
     def log_records(self) -> int:
-        """Encounter records in /log/*.tcl (docs/log-format.md: 16-byte header, 32-byte records)."""
+        """RPIs heard per scan in /log/*.tcl (docs/log-format.md: v1 records, v2 scan entries)."""
+        from ..station.logfmt import count_sightings
+
         d = FsPath(self.flash.host("/log"))
         n = 0
         if d.is_dir():
             for f in d.glob("*.tcl"):
-                n += max(0, (f.stat().st_size - 16) // 32)
+                n += count_sightings(f.read_bytes())
         return n
 
     def summary(self) -> dict:

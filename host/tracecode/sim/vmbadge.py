@@ -666,11 +666,13 @@ class VMBadge:
 
     # -- reporting --------------------------------------------------------------------------
     def log_records(self) -> int:
-        """Encounter records in /log/*.tcl (docs/log-format.md: 16-byte header, 32-byte records)."""
+        """RPIs heard per scan in /log/*.tcl (docs/log-format.md: v1 records, v2 scan entries)."""
+        from ..station.logfmt import count_sightings
+
         n = 0
         for p, size in self.flash.files().items():
             if p.startswith("/log/") and p.endswith(".tcl") and size > 0:
-                n += max(0, (size - 16) // 32)
+                n += count_sightings(self.flash.read(p))
         return n
 
     def summary(self) -> dict:

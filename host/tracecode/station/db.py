@@ -520,8 +520,8 @@ class Database:
         cur.execute("SELECT first_seen, rpi, aem, rssi_mean, rssi_max FROM encounters WHERE badge_id=?"
                     " ORDER BY first_seen, day, offset", (badge_id,))
         t, rpi, aem, rssi, mx = [], [], [], [], []
-        for row in cur:
-            t.append(row[0]); rpi.append(bytes(row[1])); aem.append(bytes(row[2])); rssi.append(row[3])
+        for row in cur:  # (a v2 row's RPI is its 8-byte prefix: zero-padded, as the matcher wants)
+            t.append(row[0]); rpi.append(bytes(row[1]).ljust(16, b"\0")); aem.append(bytes(row[2])); rssi.append(row[3])
             mx.append(row[4])
         return SightingTable(t, b"".join(rpi), b"".join(aem), rssi, [m or 0 for m in mx],
                              [m is not None for m in mx])

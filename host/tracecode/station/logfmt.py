@@ -243,3 +243,15 @@ def parse_segment(data: bytes, start: int, day: int, version: int = 1,
         pos = start + q
     out.end = pos
     return out
+
+
+def count_sightings(segment: bytes) -> int:
+    """RPIs heard per scan in a whole segment file (v1 records, v2 scan entries); 0 when
+    its header is not valid. For reports (the simulator's `log_records`)."""
+    if len(segment) < HEADER_SIZE:
+        return 0
+    day = int.from_bytes(segment[8:12], "little")
+    try:
+        return len(parse_segment(segment, 0, day).records)
+    except ValueError:
+        return 0
