@@ -545,6 +545,26 @@ def cmd_db(args) -> int:
     return 2
 
 
+# ---------------------------------------------------------------------------- report
+def cmd_report(args) -> int:
+    from . import report
+
+    with Database(_db_path(args), create=False) as db:
+        doc = report.build(db, overdue_hours=args.overdue_hours,
+                           low_battery_pct=args.low_battery)
+        if args.json:
+            from ..cli import print_json
+            print_json(doc)
+            return 0
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report.render_html(db, doc))
+    s = doc["summary"]
+    print(f"{out}: {s['badges']} badge(s), {s['red']} red, {s['yellow']} yellow, "
+          f"{s['undelivered']} code(s) not yet delivered, {s['needs_attention']} needing attention")
+    return 0
+
+
 # ---------------------------------------------------------------------------- register
 def register(sub) -> None:
     p = sub.add_parser("flash", help="write MicroPython, install the firmware, provision badges")
@@ -604,6 +624,18 @@ def register(sub) -> None:
                    help="also query every attached badge (implied by --port)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="operator report from the station database: who to "
+                                      "notify, delivery, overdue or low badges (HTML or --json)")
+    _add_db(p)
+    p.add_argument("--out", default="station-report.html", metavar="FILE",
+                   help="HTML file to write (default %(default)s)")
+    p.add_argument("--overdue-hours", type=float, default=36.0, metavar="H",
+                   help="a badge not synced for this long is overdue (default %(default)g)")
+    p.add_argument("--low-battery", type=int, default=20, metavar="PCT",
+                   help="battery below this is low (default %(default)s%%)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("devs", help="list badges attached over USB (like `mpremote devs`)")
     _add_db(p)
