@@ -110,12 +110,43 @@ def test_flash_cli_provisions_and_refuses_foreign_badge(fleet, tmp_path, capsys)
                  "--db", str(dbp)]) == 0
     with Database(dbp) as d:
         assert d.secret("carol-01") == secret
-    # another station may not take the badge over silently
+    # another station may not take the badge over silently, nor install its own firmware
+    # first: the refusal comes before anything is written to the badge
     other = tmp_path / "b.sqlite"
+    mine = _flash_tree(badge)
+    assert "/main.py" in mine and "/tcbadge/hostif.py" in mine
+    evil = tmp_path / "evil"
+    (evil / "tcbadge").mkdir(parents=True)
+    (evil / "main.py").write_text("print('not TraceCode')\n")
+    (evil / "boot.py").write_text("")
+    (evil / "tcbadge" / "__init__.py").write_text("VERSION = 'evil'\n")
+    (evil / "tcbadge" / "hostif.py").write_text("class Host:\n    pass\n")
     rc = main(["flash", "--board", BOARD, "--skip-image", "--no-aioble", "--port", url,
-               "--db", str(other)])
+               "--db", str(other), "--firmware-dir", str(evil)])
     err = capsys.readouterr().err
     assert rc == 4 and "paired with another station" in err and secret.hex() not in err
+    assert _flash_tree(badge) == mine            # main.py and tcbadge/ byte-identical
+    # right id in the stranger's database, wrong secret: refused just the same
+    with Database(other) as d:
+        d.add_badge("carol-01", BOARD, os.urandom(32))
+    rc = main(["flash", "--board", BOARD, "--skip-image", "--no-aioble", "--port", url,
+               "--db", str(other), "--firmware-dir", str(evil)])
+    err = capsys.readouterr().err
+    assert rc == 4 and "refused this station" in err and secret.hex() not in err
+    assert _flash_tree(badge) == mine
+    with BadgeLink(url) as link:                 # still ours, still answering
+        link.auth(secret)
+
+
+def _flash_tree(badge) -> dict:
+    """main.py, boot.py and tcbadge/ on the badge's flash: {path: bytes}."""
+    root = Path(badge.flash.root)
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = "/" + p.relative_to(root).as_posix()
+        if p.is_file() and (rel in ("/main.py", "/boot.py") or rel.startswith("/tcbadge/")):
+            out[rel] = p.read_bytes()
+    return out
 
 
 # ---------------------------------------------------------------------------- sync

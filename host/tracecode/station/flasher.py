@@ -293,6 +293,57 @@ def _mip_aioble(link_box: dict) -> None:
             f"aioble not installed ({_short(exc)}); the firmware uses its minimal bluetooth driver")
 
 
+# ---------------------------------------------------------------------------- pairing
+_PROBE_CODE = ("import os\ntry:\n import tcbadge.hostif\n hi=1\nexcept Exception:\n hi=0\n"
+               "try:\n os.stat('/tc/prov.json')\n pv=1\nexcept OSError:\n pv=0\n"
+               "print('{\"hostif\":%d,\"prov\":%d}'%(hi,pv))")
+
+
+def pairing_steps(port: BadgePort, opts: FlashOptions, db: Database) -> list[Step]:
+    """Before anything is written to the badge (image, files, provisioning): a provisioned
+    badge must prove it is paired with this station (we authenticate with the secret in the
+    database), or be taken over deliberately with --reprovision. Otherwise refuse."""
+    desc = (f"pairing check on {port.device}: a provisioned badge must be paired with "
+            f"{db.path} (authenticate) or be taken over with --reprovision; nothing is "
+            "written to the badge before this check")
+
+    def refuse(what: str):
+        raise DeviceError(f"{port.device}: {what}",
+                          hint="pass --reprovision to wipe its pairing, keys and log")
+
+    def run():
+        link = BadgeLink(port.device)
+        try:
+            try:
+                link.open(probe=False)
+            except DeviceError:
+                if not opts.skip_image and not port.is_virtual:
+                    return  # no MicroPython answers: a blank chip; the image step comes next
+                raise
+            try:
+                found = BadgeLink._one_json(link.run(_PROBE_CODE), "probe")
+            except DeviceError:
+                found = {"hostif": 0, "prov": 0}
+            if not found.get("hostif"):
+                if found.get("prov") and not opts.reprovision:
+                    refuse("badge holds a pairing but its firmware does not answer")
+                return  # no TraceCode firmware: no pairing to protect
+            hello = link.probe()
+            if not hello.get("provisioned") or opts.reprovision:
+                return
+            known = db.secret(str(hello.get("id", "")))
+            if known is None:
+                refuse(f"badge {hello.get('id')!r} is paired with another station")
+            try:
+                link.auth(known)
+            except BadgeRefused:
+                refuse(f"badge {hello.get('id')!r} refused this station's pairing secret")
+        finally:
+            link.close()
+
+    return [Step("provision", desc, run)]
+
+
 # ---------------------------------------------------------------------------- provision
 def provision_steps(port: BadgePort, opts: FlashOptions, db: Database, link_box: dict,
                     now: Callable[[], float] = time.time) -> list[Step]:
@@ -337,7 +388,9 @@ def _wipe(link: BadgeLink) -> None:
 
 
 def plan(port: BadgePort, opts: FlashOptions, db: Database, link_box: dict) -> list[Step]:
-    return (esptool_steps(port, opts) + install_steps(port, opts, link_box)
+    # The pairing check comes first: a refused run leaves the badge exactly as it was.
+    return (pairing_steps(port, opts, db) + esptool_steps(port, opts)
+            + install_steps(port, opts, link_box)
             + provision_steps(port, opts, db, link_box, now=opts.now))
 
 
