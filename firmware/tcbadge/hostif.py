@@ -1,6 +1,10 @@
 # Host interface (docs/hostif.md): the host calls these methods through the raw REPL; each
 # prints exactly one line, a JSON object or a base64 line, and never raises. Only hello,
 # auth, status and (unprovisioned) provision work before authentication.
+# Authentication is bound to one session: one Host object, after its latest hello(). It dies
+# when any newer session starts (a new Host object or any hello(): a class-level counter)
+# and after _AUTH_IDLE_MS without an authenticated call, so a session left behind by an
+# unplugged host (the REPL globals survive without a soft reset) is of no use to the next.
 import binascii
 import json
 import os
@@ -17,7 +21,9 @@ PROTO = const(1)
 _MAX_READ = const(12288)
 _MAX_WAIT_MS = const(300000)
 _POLL_MS = const(20)
-_HEARTBEAT_S = const(660)
+_AUTH_IDLE_MS = const(10000)  # below the resume watch's REPL idle reset (watch.py, 15 s)
+_FILE_GAP_S = const(60)  # clock.bin resume window: the app saves its heartbeat within it
+_TICK_SLACK_S = const(5)  # one supervisor tick of lateness
 
 
 def _out(obj):
@@ -46,24 +52,49 @@ def _obj(js):
 
 
 class Host:
+    _session = 0  # the newest session; older Host objects lose their authentication
+
     def __init__(self, root=""):
         self.root = root
+        self._nonce = None
+        self._authed = False
+        self._auth_t = 0
+        self._sid = self._new_session()
         config.ensure_dirs(root)
         self.prov = config.Provisioning(root)
         self.clock = clock.Clock(root)
-        self._nonce = None
-        self._authed = False
+
+    @staticmethod
+    def _new_session():
+        Host._session = (Host._session + 1) & 0x3FFFFFFF
+        return Host._session
+
+    def _grant(self):
+        self._authed = True
+        self._auth_t = time.ticks_ms()
+
+    def _is_authed(self):
+        if not self._authed:
+            return False
+        if self._sid != Host._session or time.ticks_diff(time.ticks_ms(), self._auth_t) > _AUTH_IDLE_MS:
+            self._authed = False  # for good: a new hello() and auth() are needed
+            return False
+        return True
 
     def _log(self):
         return enlog.EncounterLog(self.root)
 
-    def _call(self, fn, need_auth, *args):
-        if need_auth and not self._authed:
-            _err("auth", "authenticate first")
-            return
+    def _call(self, fn, need_auth, args, kw):
+        # Every public method takes any arguments and comes here: a wrong number or kind of
+        # argument is one "input" error line like any other bad input, never a traceback.
+        if need_auth:
+            if not self._is_authed():
+                _err("auth", "authenticate first")
+                return
+            self._auth_t = time.ticks_ms()
         tcbadge.RUN["host_busy"] = 1  # the resume watch (watch.py) never cuts a call short
         try:
-            fn(*args)
+            fn(*args, **kw)
         except (ValueError, TypeError, KeyError) as e:
             _err("input", str(e))
         except OSError as e:
@@ -72,21 +103,26 @@ class Host:
             _err("internal", type(e).__name__)
         finally:
             tcbadge.RUN["host_busy"] = 0
-            tcbadge.RUN["host_t"] = time.ticks_ms()
+            t = tcbadge.RUN["host_t"] = time.ticks_ms()
+            if need_auth and self._authed:
+                self._auth_t = t  # the idle time counts from the end of a (long) call
 
     # -- no authentication
-    def hello(self):
-        self._call(self._hello, False)
+    def hello(self, *a, **kw):
+        self._call(self._hello, False, a, kw)
 
     def _hello(self):
+        # A new session: this object's earlier authentication and every other Host's end.
+        self._authed = False
+        self._sid = self._new_session()
         self._nonce = os.urandom(16)
         _out({"proto": PROTO, "fw": tcbadge.VERSION, "id": self.prov.badge_id(),
               "board": self.prov.profile().get("name", "generic-esp32"),
               "provisioned": self.prov.provisioned(),
               "nonce": binascii.hexlify(self._nonce).decode()})
 
-    def auth(self, mac_hex):
-        self._call(self._auth, False, mac_hex)
+    def auth(self, *a, **kw):
+        self._call(self._auth, False, a, kw)
 
     def _auth(self, mac_hex):
         secret = self.prov.secret()
@@ -100,17 +136,17 @@ class Host:
             got = binascii.unhexlify(mac_hex)
         except ValueError:
             got = b""
-        if _same(want, got):
-            self._authed = True
+        if _same(want, got) and self._sid == Host._session:
+            self._grant()
             _out({"ok": True})
         else:
             _err("auth", "wrong MAC")
 
-    def provision(self, js):
-        if self.prov.provisioned() and not self._authed:
+    def provision(self, *a, **kw):
+        if self.prov.provisioned() and not self._is_authed():
             _err("auth", "already provisioned; authenticate first")
             return
-        self._call(self._provision, False, js)
+        self._call(self._provision, False, a, kw)
 
     def _provision(self, js):
         d = _obj(js)
@@ -135,11 +171,12 @@ class Host:
         self.prov.save()
         if t is not None:
             self.clock.set(t)
-        self._authed = True
+        self._sid = self._new_session()  # sessions opened before this secret existed end
+        self._grant()
         _out({"ok": True})
 
-    def status(self):
-        self._call(self._status, False)
+    def status(self, *a, **kw):
+        self._call(self._status, False, a, kw)
 
     def _battery(self):
         b = self.prov.profile().get("battery")
@@ -162,17 +199,26 @@ class Host:
         return mv, max(0, min(100, pct))
 
     def _running(self):
+        # True only while the app really traces: "interrupted" (Ctrl-C, e.g. mpremote) and
+        # "crashed" are not running, whatever the heartbeat says.
         st = tcbadge.RUN.get("state")
         if st is not None:
-            return st != "crashed", st
+            return st == "running", st
         if fsutil.exists(self.root + "/tc/crash.txt"):
             return False, "crashed"
-        # After a soft reset into the raw REPL the RAM record is gone: the app persists the
-        # time every 5 minutes while it runs, so a recent heartbeat means it was running.
+        # After a soft reset into the raw REPL (a host session) the RAM record is gone: the
+        # app saves clock.bin (u32 save time, u8 source, u32 resume point = save + 60 s)
+        # before each resume point while it runs, so a save whose resume window (plus one
+        # tick) still covers now means the app ran until this session began.
         raw = fsutil.read(self.root + "/tc/clock.bin")
         if raw and len(raw) >= 4 and self.clock.is_set():
             last = raw[0] | (raw[1] << 8) | (raw[2] << 16) | (raw[3] << 24)
-            if 0 <= self.clock.now() - last <= _HEARTBEAT_S:
+            until = last + _FILE_GAP_S
+            if len(raw) >= 9:
+                u = raw[5] | (raw[6] << 8) | (raw[7] << 16) | (raw[8] << 24)
+                if last <= u < until:
+                    until = u
+            if last <= self.clock.now() <= until + _TICK_SLACK_S:
                 return True, "heartbeat"
         return False, "stopped"
 
@@ -195,8 +241,8 @@ class Host:
                       "cut_bytes": log.cut_bytes, "generation": "%08x" % s["generation"]}})
 
     # -- authenticated
-    def set_time(self, unix):
-        self._call(self._set_time, True, unix)
+    def set_time(self, *a, **kw):
+        self._call(self._set_time, True, a, kw)
 
     def _set_time(self, unix):
         if not isinstance(unix, int) or unix < 1577836800:
@@ -204,8 +250,8 @@ class Host:
         drift = self.clock.set(unix)
         _out({"ok": True, "drift_s": drift})
 
-    def segments(self):
-        self._call(self._segments, True)
+    def segments(self, *a, **kw):
+        self._call(self._segments, True, a, kw)
 
     def _segments(self):
         out = []
@@ -216,8 +262,8 @@ class Host:
                         "gen": "%08x" % gen if v == 2 else None})
         _out({"segments": out})
 
-    def read(self, day, off, n):
-        self._call(self._read, True, day, off, n)
+    def read(self, *a, **kw):
+        self._call(self._read, True, a, kw)
 
     def _read(self, day, off, n):
         if not isinstance(day, int) or not isinstance(off, int) or not isinstance(n, int):
@@ -235,8 +281,8 @@ class Host:
         # b2a_base64 ends with a newline: the one line this call prints.
         sys.stdout.write(binascii.b2a_base64(data).decode())
 
-    def ack(self, day, off):
-        self._call(self._ack, True, day, off)
+    def ack(self, *a, **kw):
+        self._call(self._ack, True, a, kw)
 
     def _ack(self, day, off):
         if not isinstance(day, int) or not isinstance(off, int):
@@ -244,8 +290,8 @@ class Host:
         deleted = self._log().ack(day, off, self.clock.now() // 86400 if self.clock.is_set() else day + 1)
         _out({"ok": True, "deleted": deleted})
 
-    def export_keys(self, wait_ms=30000):
-        self._call(self._export_keys, True, wait_ms)
+    def export_keys(self, *a, **kw):
+        self._call(self._export_keys, True, a, kw)
 
     def _button(self):
         b = self.prov.profile().get("button")
@@ -262,7 +308,7 @@ class Host:
             pin = machine.Pin(b["pin"], machine.Pin.IN)
         return pin, b.get("active", 0)
 
-    def _export_keys(self, wait_ms):
+    def _export_keys(self, wait_ms=30000):
         if not isinstance(wait_ms, int) or wait_ms < 0:
             raise ValueError("wait_ms must be a non-negative integer")
         if wait_ms > _MAX_WAIT_MS:
@@ -297,15 +343,15 @@ class Host:
                          "rolling_start_interval_number": rsin, "rolling_period": period})
         _out({"keys": keys})
 
-    def set_health(self, code):
-        self._call(self._set_health, True, code)
+    def set_health(self, *a, **kw):
+        self._call(self._set_health, True, a, kw)
 
     def _set_health(self, code):
         health.Health(self.prov.profile(), self.root).set(code)
         _out({"ok": True})
 
-    def configure(self, js):
-        self._call(self._configure, True, js)
+    def configure(self, *a, **kw):
+        self._call(self._configure, True, a, kw)
 
     def _configure(self, js):
         changes = _obj(js)

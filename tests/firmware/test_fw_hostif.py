@@ -182,3 +182,204 @@ def test_configure_validates(badge):
         e = badge.j(h, "configure", bad)
         assert e["error"] == "input", bad
     assert badge.j(badge.host(), "hello")["provisioned"] is True
+
+
+# ---------------------------------------------------------------------------- sessions
+def _flash_state(root):
+    """Every file under the badge's root: {relative path: bytes}."""
+    import os
+    out = {}
+    for d, _dirs, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = fh.read()
+    return out
+
+
+def test_left_over_session_is_useless_to_the_next_host(badge, fw):
+    """A sync unplugged after auth leaves `h` authenticated in the REPL globals; the next host
+    (no soft reset) reuses it without the secret: refused once the session has idled, and as
+    soon as any newer session exists."""
+    h = badge.host()
+    badge.j(h, "provision", provision_doc())
+    assert badge.j(h, "segments") == {"segments": []}           # the owner, authenticated
+    # -- the cable is pulled; a stranger connects after 10 s without a soft reset and calls h
+    fw.ticks[0] += 10_001
+    before = _flash_state(badge.root)
+    for name, args in (("segments", ()), ("set_health", ("red",)), ("ack", (0, 16)),
+                       ("configure", ('{"scan_every_s": 30}',)), ("export_keys", (0,)),
+                       ("read", (0, 0, 16)), ("set_time", (T + 999,))):
+        e = badge.j(h, name, *args)
+        assert e["error"] == "auth", (name, e)
+    assert badge.j(h, "provision", provision_doc(secret="11" * 32))["error"] == "auth"
+    assert _flash_state(badge.root) == before and badge.pins.get(2, 0) == 0
+    # the session stays dead: calls after the refusal do not revive it
+    assert badge.j(h, "segments")["error"] == "auth"
+
+    # -- within the idle time, but a newer session exists (a new Host, or any hello())
+    h = badge.host()
+    assert login(badge, h) == {"ok": True}
+    fw.ticks[0] += 9_000
+    assert "segments" in badge.j(h, "segments")                 # calls keep it alive
+    fw.ticks[0] += 9_000
+    assert "segments" in badge.j(h, "segments")
+    stranger = badge.host()                                     # `h2 = Host()`
+    assert badge.j(h, "set_health", "red")["error"] == "auth"
+    assert badge.j(stranger, "segments")["error"] == "auth"
+    h = badge.host()
+    assert login(badge, h) == {"ok": True}
+    badge.j(stranger, "hello")                                  # `h2.hello()` on an old one
+    assert badge.j(h, "segments")["error"] == "auth"
+    h = badge.host()
+    assert login(badge, h) == {"ok": True}
+    badge.j(h, "hello")                                         # even its own new hello
+    assert badge.j(h, "segments")["error"] == "auth"
+    # an auth against a nonce of a session that another Host has since replaced fails
+    h = badge.host()
+    hello = badge.j(h, "hello")
+    badge.host()
+    mac = hmac.new(SECRET, b"tc-auth-v1" + bytes.fromhex(hello["nonce"]) + b"badge-7",
+                   hashlib.sha256).hexdigest()
+    assert badge.j(h, "auth", mac)["error"] == "auth"
+    assert badge.pins.get(2, 0) == 0                            # no health code was set
+
+
+def test_a_long_call_does_not_count_as_idle(badge, fw):
+    h = badge.host()
+    badge.j(h, "provision", provision_doc())
+    badge.presses["after"] = 700                                # 700 polls of 20 ms: 14 s
+    badge.presses["polls"] = 0
+    assert "keys" in badge.j(h, "export_keys", 30000)
+    fw.ticks[0] += 5_000
+    assert badge.j(h, "set_health", "red") == {"ok": True}
+
+
+# ---------------------------------------------------------------------------- running
+def _clock_bin(root, last, until=None):
+    import struct
+    with open(root + "/tc/clock.bin", "wb") as f:
+        f.write(struct.pack("<IBI", last, 1, last + 60 if until is None else until))
+
+
+def test_running_means_tracing_now(badge, fw):
+    import tcbadge
+    h = badge.host()
+    badge.j(h, "provision", provision_doc())
+    now = badge.now[0]
+    tcbadge.RUN["state"] = "running"
+    assert (badge.j(h, "status")["running"], badge.j(h, "status")["app"]) == (True, "running")
+    for st in ("interrupted", "crashed"):                       # mpremote's Ctrl-C, a crash
+        tcbadge.RUN["state"] = st
+        s = badge.j(h, "status")
+        assert s["running"] is False and s["app"] == st
+    del tcbadge.RUN["state"]                                    # after a soft reset: heartbeat
+    for age, running in ((0, True), (30, True), (64, True), (66, False), (120, False),
+                         (600, False), (-5, False)):
+        _clock_bin(badge.root, now - age)
+        s = badge.j(h, "status")
+        assert (s["running"], s["app"]) == (running, "heartbeat" if running else "stopped"), age
+    _clock_bin(badge.root, now - 50, until=now - 40)            # the saved resume point counts
+    assert badge.j(h, "status")["running"] is False
+
+
+# ---------------------------------------------------------------------------- fuzz
+METHODS = ("hello", "auth", "provision", "status", "set_time", "segments", "read", "ack",
+           "export_keys", "set_health", "configure")
+
+
+def _garbage(rnd, depth=0):
+    k = rnd.randrange(14 if depth < 2 else 10)
+    if k == 0:
+        return rnd.choice((0, -1, 1, 2 ** 31, -2 ** 63, 10 ** 30, T, T // 86400, 12288, 16))
+    if k == 1:
+        return rnd.randrange(-2 ** 40, 2 ** 40)
+    if k == 2:
+        return rnd.choice((None, True, False, float("nan"), float("inf"), -0.0, 1.5))
+    if k == 3:
+        return "".join(chr(rnd.randrange(0x20, 0x7F)) for _ in range(rnd.randrange(0, 80)))
+    if k == 4:
+        return rnd.randbytes(rnd.randrange(0, 64)).hex()
+    if k == 5:
+        return rnd.randbytes(rnd.randrange(0, 40))
+    if k == 6:
+        return "".join(chr(rnd.randrange(0, 0x3000)) for _ in range(rnd.randrange(0, 20)))
+    if k == 7:
+        return rnd.choice(("red", "green", "yellow", "off", "", "RED", "{}", "[]", "null",
+                           '{"scan_every_s": 1}', '{"id": "x", "secret": "' + "00" * 32 + '"}',
+                           provision_doc(), provision_doc(secret="ab" * 32), "\x00" * 8))
+    if k == 8:
+        return rnd.choice(METHODS)
+    if k == 9:
+        return bytearray(rnd.randbytes(8))
+    if k == 10:
+        return [_garbage(rnd, depth + 1) for _ in range(rnd.randrange(0, 4))]
+    if k == 11:
+        return {str(_garbage(rnd, depth + 1))[:10]: _garbage(rnd, depth + 1)
+                for _ in range(rnd.randrange(0, 4))}
+    if k == 12:
+        return json.dumps({"id": _garbage(rnd, 2), "secret": _garbage(rnd, 2),
+                           "time": _garbage(rnd, 2), "config": {"x": _garbage(rnd, 2)}},
+                          default=repr)
+    return object()
+
+
+def test_fuzz_host_protocol_unauthenticated(badge, fw, monkeypatch):
+    """10,000 seeded random calls and garbage arguments on unauthenticated Host objects of a
+    provisioned badge: each answers exactly one well-formed JSON line (an error, or hello's /
+    status's own answer), nothing raises, nothing on flash, config or health changes."""
+    import io
+    import random
+
+    owner = badge.host()
+    badge.j(owner, "provision", provision_doc())
+    assert badge.j(owner, "set_health", "yellow") == {"ok": True}
+    fw.enlog.EncounterLog(badge.root).add(b"\x05" * 16, b"\x01\x02\x03\x04", T - 60, T - 50,
+                                          3, -70, -60, -65)
+    fw.enlog.EncounterLog(badge.root)  # (a second log object writes the open record)
+    before = _flash_state(badge.root)
+    pins = dict(badge.pins)
+    rnd = random.Random(20241)
+    hosts = [badge.host() for _ in range(3)]        # also ends the owner's session
+    n = int(__import__("os").environ.get("TRACECODE_HOSTIF_FUZZ", "10000"))
+    counts = {}
+    real_stdout = sys.stdout
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", buf)
+    try:
+        for i in range(n):
+            h = rnd.choice(hosts)
+            name = rnd.choice(METHODS) if rnd.random() < 0.97 else rnd.choice(("hello", "status"))
+            args = [_garbage(rnd) for _ in range(rnd.choice((0, 1, 1, 2, 3, 3, 4)))]
+            kw = {} if rnd.random() < 0.9 else {rnd.choice(("js", "day", "n", "x")): _garbage(rnd)}
+            if name == "auth" and rnd.random() < 0.5:   # a hello first: a fresh nonce to miss
+                getattr(h, "hello")()
+                buf.seek(0)
+                buf.truncate()
+            if name == "export_keys":
+                badge.presses["after"], badge.presses["polls"] = 0, 0   # a wearer pressing
+            getattr(h, name)(*args, **kw)
+            out = buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+            assert out.endswith("\n") and out.count("\n") == 1, (i, name, args, out)
+            obj = json.loads(out)
+            assert isinstance(obj, dict), (i, name, out)
+            if "error" in obj:
+                assert isinstance(obj["error"], str) and isinstance(obj.get("msg", ""), str)
+                assert SECRET.hex() not in out
+                key = obj["error"]
+            else:
+                assert name in ("hello", "status"), (i, name, args, out)
+                key = name
+            counts[key] = counts.get(key, 0) + 1
+            badge.presses["after"] = None
+    finally:
+        monkeypatch.setattr(sys, "stdout", real_stdout)
+    assert sum(counts.values()) == n
+    assert counts.get("auth", 0) > n // 2 and counts.get("input", 0) > 0, counts
+    assert set(counts) <= {"auth", "input", "hello", "status"}, counts
+    assert _flash_state(badge.root) == before
+    assert badge.pins == pins
+    assert badge.now[0] == T                        # nobody set the clock
+    assert badge.j(badge.host(), "status")["health"] == "yellow"
