@@ -219,6 +219,42 @@ def test_unauthenticated_host_is_refused(fleet, db, tmp_path):
     assert sync_badge(db, url, now=fleet.unix_time).records_new == 10
 
 
+def test_session_left_by_an_unplugged_sync_is_refused_to_the_next_host(fleet, db):
+    """The owner's sync is unplugged after authenticating; the badge's REPL still holds its
+    `h`. A stranger enters the raw REPL without a soft reset (as `mpremote resume exec`
+    does) and calls h directly: refused, nothing read, acknowledged or set."""
+    badge, url, bid = provision(fleet, db, "ivan")
+    fill_log(badge, fleet, days=2, per_day=20)
+
+    class UnplugBeforeAck(BadgeLink):
+        def ack(self, day, offset):
+            badge.console.disconnect()
+            return super().ack(day, offset)
+
+    with pytest.raises(DeviceError):
+        sync_badge(db, url, now=fleet.unix_time, link_factory=UnplugBeforeAck)
+    fleet.run_for(11)              # the stranger plugs in 11 s later (before the watch resets)
+    files = log_files(badge)
+    stranger = BadgeLink(url, soft_reset=False, restart=False)
+    stranger.open(probe=False)
+    try:
+        for code in ("h.segments()", "h.set_health('red')", "h.ack(%d, 9999)" % (fleet.unix_time() // 86400 - 1),
+                     "h.read(%d, 0, 64)" % (fleet.unix_time() // 86400 - 1)):
+            out = json.loads(stranger.run(code).decode().strip())
+            assert out["error"] == "auth", (code, out)
+        # a new Host of its own (no secret) cannot revive the old one either
+        stranger.run("from tcbadge.hostif import Host\nh2 = Host()\nh2.hello()")
+        assert json.loads(stranger.run("h.segments()").decode())["error"] == "auth"
+    finally:
+        stranger.close()
+    assert log_files(badge) == files
+    profile = json.loads((flasher.DEFAULT_BOARDS_DIR / f"{BOARD}.json").read_text())
+    shown = badge.led()["neopixel"].get(profile["led"]["pin"], [None])[0]
+    assert shown is None or tuple(shown) != tuple(profile["led"]["colours"]["red"])
+    rep = sync_badge(db, url, now=fleet.unix_time)      # the owner is still welcome
+    assert rep.ok and rep.records_new == 0 and len(rep.acked) == 2 and rep.health_set is None
+
+
 # ---------------------------------------------------------------------------- health + status
 def test_health_code_reaches_the_badge_led(fleet, db, tmp_path, capsys):
     badge, url, bid = provision(fleet, db, "erin")
