@@ -170,8 +170,10 @@ def run_fleet(scn: Scenario, work: Path, *, seed: int = 1, say=lambda m: None,
         sync_all()                                         # delivers the health codes
         on_badge = {}
         for pid, b in badges.items():
-            f = Path(b.flash.root if hasattr(b.flash, "root") else work / "fleet" / pid / "flash") / "tc" / "health.txt"
-            on_badge[pid] = f.read_text().strip() if f.exists() else None
+            try:
+                on_badge[pid] = b.flash.read("/tc/health.txt").decode().strip()
+            except FileNotFoundError:
+                on_badge[pid] = None
         info["health_codes_on_badges"] = on_badge
         info["encounters_synced"] = db.encounter_count()
         timings["total_s"] = round(time.monotonic() - t_wall, 1)

@@ -89,6 +89,23 @@ class FlashFS:
         parts = [x for x in p.split("/") if x and x != ".."]
         return os.path.join(self.root, *parts)
 
+    # -- the host's view of the files (the same calls on VMFlash: tests use either backend) ---
+    def read(self, path: str) -> bytes:
+        """A file's bytes (FileNotFoundError if the badge has no such file)."""
+        with open(self.host(path), "rb") as f:
+            return f.read()
+
+    def write(self, path: str, data: bytes) -> None:
+        """Put a file on the flash while the badge is off (parent folders made)."""
+        h = self.host(path)
+        os.makedirs(os.path.dirname(h), exist_ok=True)
+        with open(h, "wb") as f:
+            f.write(data)
+        self.rescan()
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(self.host(path))
+
     def check_alive(self) -> None:
         if self.dead:
             raise PowerCut()

@@ -123,10 +123,24 @@ class VMFlash:
         return {p: n for p, n in json.loads(self._tool("ls"))}
 
     def read(self, path: str) -> bytes:
+        """A file's bytes (FileNotFoundError if the image has no such file)."""
+        if not self.exists(path):
+            raise FileNotFoundError(path)
         with tempfile.TemporaryDirectory(prefix="tcvmget") as d:
             out = os.path.join(d, "f")
             self._tool("get", path, out)
             return FsPath(out).read_bytes()
+
+    def exists(self, path: str) -> bool:
+        p = "/" + path.strip("/")
+        return p == "/" or p in self.files()
+
+    def write(self, path: str, data: bytes) -> None:
+        """Put a file into the image while the badge is off (parent folders made)."""
+        with tempfile.TemporaryDirectory(prefix="tcvmput") as d:
+            src = os.path.join(d, "f")
+            FsPath(src).write_bytes(data)
+            self.install(src, path)
 
     def export(self, dest: str | os.PathLike, path: str = "/") -> FsPath:
         """Copy a folder (or the whole file system) out of the image into `dest`."""
