@@ -29,6 +29,18 @@ def _home(scn: Scenario, pid: str) -> tuple[float, float] | None:
 
 def write_png(scn: Scenario, truth: GroundTruth, exposures: dict[str, PersonExposure], result: dict,
               path: Path, cfg: ScoringConfig) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = build_figure(scn, truth, exposures, result, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")   # keeps the legends below the plots
+    plt.close(fig)
+    return path
+
+
+def build_figure(scn: Scenario, truth: GroundTruth, exposures: dict[str, PersonExposure], result: dict,
+                 cfg: ScoringConfig):
+    """The report's figure: axes[0] the floor plan, axes[1] the timeline (clock time, UTC)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,12 +55,22 @@ def write_png(scn: Scenario, truth: GroundTruth, exposures: dict[str, PersonExpo
     for wall in scn.walls:
         ax.plot([wall.a[0], wall.b[0]], [wall.a[1], wall.b[1]], color="#333",
                 lw=1.0 + wall.attenuation_db / 6.0, solid_capstyle="butt")
+    # Only the positions the scenario has (sampled every minute), as dots: a path between two
+    # keyframes is the scenario's straight-line interpolation, not a route, so no line is drawn
+    # through a wall; keyframes (waypoints) are marked.
     times = np.arange(scn.start, scn.end, 60, dtype=np.float64)
     pos = scn.positions(times)
     homes = {pid: _home(scn, pid) for pid in scn.ids}
     for j, pid in enumerate(scn.ids):
         col = CODE_COLORS.get(codes.get(pid, "green"), "#777")
-        ax.plot(pos[:, j, 0], pos[:, j, 1], color=col, lw=0.7, alpha=0.45)
+        pts = pos[:, j, :]
+        pts = pts[~np.isnan(pts[:, 0])]
+        if len(pts):
+            pts = np.unique(np.round(pts, 2), axis=0)
+            ax.scatter(pts[:, 0], pts[:, 1], s=4, color=col, alpha=0.5, linewidths=0, zorder=1)
+        kf = np.array([p for _, p in scn.person(pid).keyframes if p is not None], dtype=float).reshape(-1, 2)
+        if len(kf):
+            ax.scatter(kf[:, 0], kf[:, 1], s=9, marker="x", color=col, alpha=0.6, linewidths=0.8, zorder=2)
     for d in truth.diagnosed:
         hd = homes.get(d)
         for pid in scn.ids:
@@ -67,47 +89,71 @@ def write_png(scn: Scenario, truth: GroundTruth, exposures: dict[str, PersonExpo
     ax.set_ylim(-0.5, h + 0.5)
     ax.set_aspect("equal")
     ax.set_xlabel("m")
-    ax.set_title(f"{scn.name}: paths, health codes, detected contacts (dashed)")
+    ax.set_title(f"{scn.name}: where people were, health codes, detected contacts (dashed)", fontsize=9)
+    # the legend goes below the plan, never over a person
     ax.legend(handles=[
-        Line2D([], [], marker="o", ls="", color=CODE_COLORS["red"], markeredgecolor="black", mew=2, label="diagnosed"),
-        Line2D([], [], marker="o", ls="", color="#ccc", markeredgecolor="#1f4fd1", mew=2, label="close contact (truth)"),
-        Line2D([], [], color=CODE_COLORS["green"], label="green"),
-        Line2D([], [], color=CODE_COLORS["yellow"], label="yellow"),
-        Line2D([], [], color=CODE_COLORS["red"], label="red"),
-    ], fontsize=7, loc="upper right", framealpha=0.85)
-    # --- timeline
-    ids = [p for p in scn.ids if p not in truth.diagnosed]
-    hours = lambda t: (np.asarray(t, dtype=float) - scn.start) / 3600.0  # noqa: E731
+        Line2D([], [], marker="o", ls="", color=CODE_COLORS["red"], markeredgecolor="black", mew=2,
+               label="diagnosed (usual place)"),
+        Line2D([], [], marker="o", ls="", color="#ccc", markeredgecolor="#1f4fd1", mew=2,
+               label="close contact (truth)"),
+        Line2D([], [], marker=".", ls="", color="#777", label="position, every minute"),
+        Line2D([], [], marker="x", ls="", color="#777", label="path keyframe"),
+        Line2D([], [], ls="--", color=CODE_COLORS["yellow"], label="detected contact"),
+        Line2D([], [], marker="s", ls="", color=CODE_COLORS["green"], label="green"),
+        Line2D([], [], marker="s", ls="", color=CODE_COLORS["yellow"], label="yellow"),
+        Line2D([], [], marker="s", ls="", color=CODE_COLORS["red"], label="red"),
+    ], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)
+    # --- timeline, in clock time (UTC); every person, the diagnosed too
+    import datetime as _dt
+
+    import matplotlib.dates as mdates
+    from matplotlib.patches import Patch
+
+    ids = list(scn.ids)
+    epoch = mdates.date2num(_dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc))
+    clock = lambda t: np.asarray(t, dtype=float) / 86400.0 + epoch  # noqa: E731  (matplotlib date numbers)
+    minute = 60.0 / 86400.0
     vmax = max((float(e.window_scores(cfg).max()) for e in exposures.values() if len(e.starts)), default=1.0) or 1.0
     cmap = plt.get_cmap("OrRd")
     for y, pid in enumerate(ids):
         for c in truth.contacts:
             if c.person == pid:
                 for a, b in c.intervals:
-                    tl.barh(y + 0.22, hours(b) - hours(a), left=hours(a), height=0.25, color="#1f4fd1", alpha=0.6)
+                    tl.barh(y + 0.22, clock(b) - clock(a), left=clock(a), height=0.25, color="#1f4fd1", alpha=0.6)
         e = exposures.get(pid)
         if e is not None and len(e.starts):
             sc = e.window_scores(cfg)
             for a, b, s in zip(e.starts, e.ends, sc):
-                tl.barh(y - 0.12, max(hours(b + 120) - hours(a), 0.03), left=hours(a), height=0.4,
-                        color=cmap(0.25 + 0.75 * min(1.0, s / vmax)) if s > 0 else "#ddd")
+                tl.barh(y - 0.12, max(clock(b + 120) - clock(a), 2 * minute), left=clock(a), height=0.4,
+                        color=cmap(0.25 + 0.75 * min(1.0, s / vmax)) if s > 0 else "#ccc")
     for d in scn.diagnosed:
-        tl.axvline(hours(d.at), color="black", lw=1, ls=":")
+        tl.axvline(clock(d.at), color="black", lw=1, ls=":")
+        if d.person in ids:
+            tl.plot([clock(d.at)], [ids.index(d.person)], marker="D", color="black", ms=5, zorder=4)
     for k in range(1, scn.days):
-        tl.axvline(k * 24, color="#bbb", lw=0.6)
+        tl.axvline(clock(scn.start + k * 86400), color="#bbb", lw=0.6)
     tl.set_yticks(range(len(ids)))
-    tl.set_yticklabels([f"{p} ({codes.get(p, '?')[0].upper()})" for p in ids], fontsize=7)
-    tl.invert_yaxis()
-    tl.set_xlim(0, scn.days * 24)
-    tl.set_xlabel("hours since the scenario start (dotted: diagnosis)")
-    tl.set_title("exposure windows (orange, darker = higher score) vs ground-truth close time (blue)")
+    tl.set_yticklabels([f"{p} ({codes.get(p, '?')[0].upper()})" + (" diagnosed" if p in truth.diagnosed else "")
+                        for p in ids], fontsize=7)
+    tl.set_ylim(len(ids) - 0.4, -0.6)
+    tl.set_xlim(clock(scn.start), clock(scn.end))
+    tl.xaxis_date(tz=_dt.timezone.utc)
+    loc = mdates.AutoDateLocator(tz=_dt.timezone.utc)
+    tl.xaxis.set_major_locator(loc)
+    tl.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc, tz=_dt.timezone.utc))
+    tl.set_xlabel("time (UTC)")
+    tl.set_title("exposure windows vs ground-truth close time", fontsize=9)
+    tl.legend(handles=[
+        Patch(color=cmap(0.9), label="matched window (darker = higher score)"),
+        Patch(color="#ccc", label="matched window scoring 0 (attenuation above the last threshold, or "
+                                  "outside the infectious period)"),
+        Patch(color="#1f4fd1", alpha=0.6, label="ground truth: within the contact distance"),
+        Line2D([], [], color="black", ls=":", marker="D", ms=4, label="diagnosis"),
+    ], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.suptitle(f"{scn.name}: precision {result['precision']:.2f}, recall {result['recall']:.2f} "
                  f"(yellow or red vs: {truth.rule})", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def write_html(scn: Scenario, result: dict, png_name: str, path: Path) -> Path:
