@@ -2,7 +2,7 @@
 
 On a terminal (stderr is a tty) `BadgeLines` draws one line per badge: a bar, bytes and rate
 (sync, by chunk) or step i/n (flash), and the current stage; `progress_bar` draws one bar
-(`sim run`). When stderr is not a terminal they draw nothing, and commands print only their
+(`match`); `virtual_time_bar` one bar of simulated time (`sim run`). When stderr is not a terminal they draw nothing, and commands print only their
 summary lines: logs and CI output stay readable, and `--json` stdout holds only the JSON.
 """
 
@@ -43,6 +43,47 @@ def progress_bar(description: str, *, enabled: bool | None = None) -> Iterator[C
 
         def update(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _fmt_virtual(t: float, total: float) -> str:
+    return f"{max(0.0, float(t)) / 3600:.1f}/{total / 3600:g} h simulated"
+
+
+@contextmanager
+def virtual_time_bar(description: str, total_s: float, *,
+                     enabled: bool | None = None) -> Iterator[Callable[..., None]]:
+    """Yields `update(t_s, note=None)`: simulated seconds done of `total_s`, and optionally
+    the current stage. Draws on stderr when it is a terminal, else does nothing (the caller
+    prints only its summary)."""
+    if enabled is None:
+        enabled = _tty()
+    if not enabled:
+        yield lambda t_s, note=None: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    total = max(float(total_s), 1e-9)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[vt]}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=Console(stderr=True),
+        transient=True,
+    ) as prog:
+        task = prog.add_task(description, total=total, vt=_fmt_virtual(0, total),
+                             note="")
+        state = {"note": ""}
+
+        def update(t_s: float, note: str | None = None) -> None:
+            if note is not None:
+                state["note"] = note
+            prog.update(task, completed=min(total, float(t_s)), note=state["note"],
+                        vt=_fmt_virtual(t_s, total))
 
         yield update
 

@@ -12,11 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import InputError
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario YAML file(s)")
+    p.add_argument("scenarios", nargs="+", metavar="SCENARIO",
+                   help="scenario YAML file(s), or names of shipped scenarios (office, bus, ...)")
     add_pipeline_options(p)
 
 
@@ -34,16 +33,24 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, out: str = "out/e2e", mo
 
 
 def run(args) -> int:
+    from ..progress import _tty, virtual_time_bar
+    from ..resources import scenario_file
     from .pipeline import run_scenario
+    from .scenario import DAY_S, load_scenario
 
     results = []
-    for s in args.scenarios:
-        path = Path(s)
-        if not path.is_file():
-            raise InputError(f"{path}: no such scenario file")
-        say = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
-        res = run_scenario(path, args.out / path.stem, mode=args.mode, scoring=args.scoring, seed=args.seed,
-                           report=not args.no_report, progress=say, radio=getattr(args, "radio", None))
+    paths = [scenario_file(s) for s in args.scenarios]   # files, or shipped scenarios by name ("office")
+    for path in paths:
+        # On a terminal (stderr): a bar of simulated time with the current stage; elsewhere
+        # nothing but the summary lines below.
+        days = load_scenario(path).days
+        live = _tty() and not args.json
+        with virtual_time_bar(f"{path.stem} ({args.mode})", days * DAY_S, enabled=live) as update, \
+                _fleet_clock(update if live and args.mode == "fleet" else None):
+            def say(msg: str) -> None:
+                update(_VT["t"], note=msg.split(": ", 1)[-1])
+            res = run_scenario(path, args.out / path.stem, mode=args.mode, scoring=args.scoring, seed=args.seed,
+                               report=not args.no_report, progress=say, radio=getattr(args, "radio", None))
         results.append(res)
     if args.json:
         from ..cli import print_json
@@ -66,6 +73,53 @@ def run(args) -> int:
         if "report" in r:
             print(f"           report: {r['report']['html']}")
     return 0
+
+
+_VT = {"t": 0.0}
+
+
+class _fleet_clock:
+    """While a fleet-mode scenario runs, report the fleet's simulated time to `update`: the
+    fleet's `run_until` is run in steps of STEP_S simulated seconds (the same events in the
+    same order) with an update after each. Without `update` nothing changes."""
+
+    STEP_S = 1800.0
+
+    def __init__(self, update):
+        self.update = update
+        self.saved = None
+
+    def __enter__(self):
+        _VT["t"] = 0.0
+        if self.update is None:
+            return self
+        from ..sim.fleet import Fleet
+
+        self.saved = Fleet.__dict__.get("run_until")
+        base = Fleet.run_until
+        update = self.update
+        step = self.STEP_S
+
+        def run_until(fleet, t: float) -> None:
+            while fleet.now + step < t:
+                base(fleet, fleet.now + step)
+                _VT["t"] = fleet.now
+                update(fleet.now)
+            base(fleet, t)
+            _VT["t"] = max(_VT["t"], t)
+            update(_VT["t"])
+        Fleet.run_until = run_until
+        return self
+
+    def __exit__(self, *exc):
+        if self.update is None:
+            return
+        from ..sim.fleet import Fleet
+
+        if self.saved is None:
+            del Fleet.run_until
+        else:
+            Fleet.run_until = self.saved
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,8 @@ def register(subparsers) -> None:
                     "go back to the badges; precision/recall against the scenario's ground truth and "
                     "a PNG/HTML report come out (tracecode.e2e). With --radio-only: the fleet runs in "
                     "virtual time and a per-badge radio summary is printed.")
-    r.add_argument("scenario", help="scenario file (YAML or JSON, see docs/sim.md and docs/e2e.md)")
+    r.add_argument("scenario", help="scenario file (YAML or JSON, see docs/sim.md and docs/e2e.md), "
+                                    "or the name of a shipped one (office, bus, two-badges, ...)")
     r.add_argument("--radio-only", action="store_true",
                    help="only run the fleet in virtual time and summarise adverts, scans and records")
     try:
@@ -129,9 +130,11 @@ def cmd_run(args) -> int:
 
 def cmd_radio_only(args) -> int:
     from ..cli import print_json
+    from ..progress import virtual_time_bar
+    from ..resources import scenario_file
     from .scenario import load_scenario, parse_duration
 
-    sc = load_scenario(args.scenario)
+    sc = load_scenario(scenario_file(args.scenario))   # a path, or a shipped scenario by name
     if args.duration:
         sc.duration = parse_duration(args.duration, "--duration")
     tmp = None
@@ -140,22 +143,11 @@ def cmd_radio_only(args) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="tcsim-run-")
         workdir = tmp.name
     try:
-        progress = None
-        bar = None
-        if sys.stdout.isatty() and not args.json:
-            from rich.progress import Progress
-            bar = Progress()
-            bar.start()
-            task = bar.add_task("simulating %s" % sc.name, total=sc.duration)
-
-            def progress(t, total):
-                bar.update(task, completed=t)
-        try:
-            res = sc.run(workdir, firmware_dir=args.firmware, step=min(3600.0, sc.duration),
-                         progress=progress)
-        finally:
-            if bar is not None:
-                bar.stop()
+        # a bar of simulated time on stderr when it is a terminal; nothing otherwise
+        with virtual_time_bar("simulating %s" % sc.name, sc.duration,
+                              enabled=None if not args.json else False) as update:
+            res = sc.run(workdir, firmware_dir=args.firmware, step=min(900.0, sc.duration),
+                         progress=lambda t, total: update(t))
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -167,7 +167,62 @@ def load_scenario(path: str | FsPath) -> Scenario:
     except (ValueError, yaml.YAMLError) as e:
         raise InputError("scenario %s is not valid %s: %s" % (
             p.name, "JSON" if p.suffix == ".json" else "YAML", str(e).splitlines()[0])) from None
+    if is_e2e_format(doc):
+        return scenario_from_e2e(p)
     return scenario_from_dict(doc, p)
+
+
+def is_e2e_format(doc: Any) -> bool:
+    """The end-to-end runner's scenario format (docs/e2e.md: `days`, daily keyframes
+    ["08:00", [x, y]], people with `id`, walls as [[x1, y1], [x2, y2], dB], `radio: {model: ...}`)
+    rather than the simulator's own (docs/sim.md)."""
+    if not isinstance(doc, dict):
+        return False
+    if any(k in doc for k in ("days", "diagnosed", "area")):
+        return True
+    if isinstance(doc.get("radio"), dict) and ("model" in doc["radio"] or "environment" in doc["radio"]):
+        return True
+    if any(isinstance(w, (list, tuple)) for w in doc.get("walls") or []):
+        return True
+    for pd in doc.get("people") or []:
+        if isinstance(pd, dict) and "id" in pd and "name" not in pd:
+            return True
+        path = pd.get("path") if isinstance(pd, dict) else None
+        if isinstance(path, list) and path and isinstance(path[0], (list, tuple)) and len(path[0]) == 2:
+            return True
+    return False
+
+
+def scenario_from_e2e(path: FsPath) -> Scenario:
+    """An end-to-end scenario as a simulator Scenario: loaded by tracecode.e2e's loader, each
+    person's keyframes as a badge path (absent = parked far out of range, as the full pipeline's
+    fleet does), walls and the scenario's radio channel (docs/channel.md)."""
+    try:
+        from ..e2e import scenario as e2e_scenario
+        from ..e2e.fleet import BOARD, _sim_path
+        from ..e2e.synthetic import radio_for
+    except ImportError:
+        raise InputError("%s is an end-to-end scenario (docs/e2e.md) and tracecode.e2e is not "
+                         "installed: run it without --radio-only" % path.name) from None
+    scn = e2e_scenario.load_scenario(path)
+    model = radio_for(scn)
+    radio = RadioParams(walls=[Wall(w.a[0], w.a[1], w.b[0], w.b[1], w.attenuation_db) for w in scn.walls],
+                        channel=model.channel, sensitivity_dbm=model.sensitivity_dbm, p_rx=model.p_rx)
+    if model.channel.kind == "ideal":
+        radio.rssi_1m = -model.channel.ideal_att_1m_db
+        radio.exponent = model.channel.ideal_exponent
+        radio.noise_db = model.channel.ideal_noise_db
+    board = str(scn.raw.get("board") or BOARD)
+    people = []
+    for j, p in enumerate(scn.people):
+        diag = next(({"at_s": d.at - scn.start, "report_type": d.report_type, "onset_days": d.onset_days}
+                     for d in scn.diagnosed if d.person == p.id), None)
+        people.append(Person(name=p.id, path=_sim_path(scn, j, p.keyframes), board=board,
+                             diagnosed=diag, raw={"id": p.id, "role": p.role}))
+    return Scenario(name=scn.name, source=path, start_unix=float(scn.start),
+                    duration=float(scn.days * 86400), seed=int(scn.raw.get("seed", 0)),
+                    firmware_dir=REPO_ROOT / "firmware", board=board, radio=radio, people=people,
+                    ground_truth={}, raw=scn.raw)
 
 
 def scenario_from_dict(doc: Any, source: FsPath | None = None) -> Scenario:
