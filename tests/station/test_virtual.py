@@ -199,6 +199,76 @@ def test_unplug_mid_sync_loses_and_duplicates_nothing(fleet, db):
     assert statuses.count("failed") == 3 and statuses[-1] == "ok"
 
 
+def _on_flash(badge) -> set:
+    """(day, raw record) of every whole record in the badge's log files now."""
+    out = set()
+    d = Path(badge.flash.root) / "log"
+    for p in d.glob("*.tcl") if d.exists() else ():
+        try:
+            parsed = logfmt.parse_segment(p.read_bytes(), 0, int(p.stem))
+        except ValueError:
+            continue
+        out |= {(e.day, bytes(e.raw)) for e in parsed.records}
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_seeded_unplugs_tracing_resumes_nothing_lost_or_duplicated(fleet, db):
+    """30 seeded unplugs (CI slice of tools/campaign_badge.py): the cable pulled after a
+    random number of bytes of a sync, or between the database commit and the badge's ack.
+    After each one the badge traces again (new records after some virtual time, with no
+    host to restart it), and a final sync holds every record exactly once."""
+    badge, url, bid = provision(fleet, db, "uma", position=(0.0, 0.0))
+    peer = fleet.add_badge("peer", position=(1.0, 0.0), board=BOARD,   # someone to hear
+                           firmware_dir=flasher.DEFAULT_FIRMWARE_DIR)
+    peer.power_on()
+    peer.set_clock(fleet.unix_time())
+    fill_log(badge, fleet, days=2, per_day=300, seed=9)          # ~25 KB to pull at first
+    rnd = random.Random(30)
+    seen = _on_flash(badge)                                      # every record ever written
+
+    class UnplugBeforeAck(BadgeLink):
+        def ack(self, day, offset):
+            badge.console.disconnect()
+            return super().ack(day, offset)
+
+    cuts = 0
+    full = 30_000
+    for i in range(30):
+        seen |= _on_flash(badge)
+        before_ack = i % 4 == 3
+        if before_ack:
+            factory = UnplugBeforeAck
+        else:
+            factory = BadgeLink
+            badge.console.disconnect_after(rnd.randrange(0, full))
+        tx = badge.console.tx_bytes
+        try:
+            sync_badge(db, url, now=fleet.unix_time, link_factory=factory)
+            full = max(200, badge.console.tx_bytes - tx)  # bytes a whole sync takes now
+        except DeviceError:
+            cuts += 1
+        badge.console.disconnect_after(None)
+        # no host comes back: the badge must resume tracing by itself
+        had = seen | _on_flash(badge) | {(r["day"], bytes(r["raw"])) for r in db.encounters(bid)}
+        fleet.run_for(900)
+        for _ in range(12):
+            now = _on_flash(badge)
+            if now - had:
+                break
+            fleet.run_for(300)
+        assert now - had, f"unplug {i}: no new records after {fleet.unix_time():.0f}"
+        seen |= now
+    assert cuts >= 25, cuts
+    rep = sync_badge(db, url, now=fleet.unix_time)
+    assert rep.ok
+    seen |= _on_flash(badge)
+    got = [(r["day"], bytes(r["raw"])) for r in db.encounters(bid)]
+    assert len(got) == len(set(got))                             # nothing duplicated
+    assert set(got) >= seen, len(seen - set(got))                # nothing lost
+    assert db.check()["ok"]
+
+
 def test_unauthenticated_host_is_refused(fleet, db, tmp_path):
     badge, url, bid = provision(fleet, db, "dave")
     fill_log(badge, fleet, days=1, per_day=10)
