@@ -501,6 +501,10 @@ class VMBadge:
     def _boot_once(self) -> int | None:
         self.boots += 1
         self._events.clear()
+        # a button still held through the reset reads pressed in the new boot, as on the chip
+        for pin, level in self.ext_pins.items():
+            if level is not None:
+                self._events.append(["pin", pin, level])
         self._reset_req = None
         self._disarm_wdt()
         self.wdt_timeout = None
