@@ -5,12 +5,15 @@ AES-ECB call over all its intervals), then looks them up among the heard RPIs. T
 vectorised: the 64-bit prefixes of all derived RPIs of a chunk of keys go through a bitmap of
 the heard prefixes in numpy, and only the few candidates are checked exactly. Chunks of keys
 are spread over worker processes (`jobs`). When the optional native kernel is available
-(tracecode.native: derivation and lookup in C with AES-NI, without the GIL) it scans the chunks
-instead, on threads; the hits are the same.
+(tracecode.native: derivation and lookup in C with the platform's OpenSSL libcrypto, without
+the GIL) it scans the chunks instead, on threads; the hits are the same. Heard 8-byte RPI
+prefixes (log format v2) take the same chunks: the kernel derives them as columns, numpy
+filters them.
 
 A candidate becomes a match only when (protocol.md sections 4-5):
 * the sighting time is within +-12 intervals of the interval the RPI encodes,
-* the key is not REVOKED (duplicates of a key count once, the latest revision wins),
+* the key is not REVOKED anywhere (a key published several times counts once: see "keys"
+  below and docs/matching.md),
 * the AEM decrypted with the key's AEMK gives a TX power in [-50, +20] dBm.
 """
 
@@ -316,6 +319,30 @@ def _prefixes(buf: bytes) -> np.ndarray:
     return np.frombuffer(buf, dtype="<u8")[0::2]
 
 
+def _derive_range(keys: "ResolvedKeys", lo: int, hi: int) -> bytes:
+    """The RPIs of entries lo..hi-1, one 16-byte block each, in entry then interval order."""
+    if _STATE.get("derive_native"):  # the kernel's derivation (libcrypto, without the GIL)
+        return native.derive_columns(keys.teks[16 * lo : 16 * hi], keys.start[lo:hi], keys.period[lo:hi])
+    parts = []
+    for i in range(lo, hi):
+        tek = keys.teks[16 * i : 16 * i + 16]
+        start, period = int(keys.start[i]), int(keys.period[i])
+        rk = en.rpik(tek)
+        for off in range(0, period, 144):
+            parts.append(en.aes_ecb(rk, en.padded_run(start + off, min(144, period - off))))
+    return b"".join(parts)
+
+
+def _hits(keys: "ResolvedKeys", lo: int, hi: int, buf: bytes, blocks: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """(entry, interval) pairs and RPIs of the derived blocks `blocks` (ascending) of lo..hi-1."""
+    if not len(blocks):
+        return np.zeros((0, 2), np.int64), b""
+    offsets = np.r_[0, np.cumsum(keys.period[lo:hi], dtype=np.int64)]
+    ki = np.searchsorted(offsets, blocks, side="right") - 1
+    pairs = np.stack([lo + ki, keys.start[lo:hi][ki].astype(np.int64) + blocks - offsets[ki]], axis=1)
+    return pairs, np.frombuffer(buf, dtype="S16")[blocks].tobytes()
+
+
 def _scan_range(lo: int, hi: int) -> tuple[np.ndarray, bytes]:
     """Hits of entries lo..hi-1: ((n, 2) array of (entry, interval), RPIs buffer)."""
     keys: ResolvedKeys = _STATE["keys"]
@@ -323,28 +350,17 @@ def _scan_range(lo: int, hi: int) -> tuple[np.ndarray, bytes]:
     if index is not None:  # native kernel: same hits, same order
         return index.scan_columns(keys.teks, keys.start, keys.period, lo, hi)
     table: np.ndarray = _STATE["table"]
-    heard: np.ndarray = _STATE["heard"]  # sorted S16
-    parts = []
-    counts = keys.period[lo:hi].astype(np.int64)
-    for i in range(lo, hi):
-        tek = keys.teks[16 * i : 16 * i + 16]
-        start, period = int(keys.start[i]), int(keys.period[i])
-        rk = en.rpik(tek)
-        for off in range(0, period, 144):
-            parts.append(en.aes_ecb(rk, en.padded_run(start + off, min(144, period - off))))
-    buf = b"".join(parts)
-    offsets = np.r_[0, np.cumsum(counts)]
-    cand = np.flatnonzero(table[_prefixes(buf) & _TABLE_MASK])
-    pairs, rpis = [], []
-    if len(cand):
-        blocks = np.frombuffer(buf, dtype="S16")[cand]
-        pos = np.searchsorted(heard, blocks)
-        found = (pos < len(heard)) & (heard[np.minimum(pos, len(heard) - 1)] == blocks) if len(heard) else np.zeros(len(cand), bool)
-        for block in cand[found].tolist():
-            ki = int(np.searchsorted(offsets, block, side="right")) - 1
-            pairs.append((lo + ki, int(keys.start[lo + ki]) + block - int(offsets[ki])))
-            rpis.append(buf[16 * block : 16 * block + 16])
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2), b"".join(rpis)
+    heard: np.ndarray = _STATE["heard"]  # sorted: S16 (full RPIs) or u64 (8-byte prefixes)
+    buf = _derive_range(keys, lo, hi)
+    low = np.frombuffer(buf, dtype="<u4")[0::4]  # the low 32 bits of each RPI's first 8 bytes
+    cand = np.flatnonzero(np.take(table, low & np.uint32(len(table) - 1)))
+    if len(cand) and len(heard):
+        probe = _prefixes(buf)[cand] if _STATE.get("prefix") else np.frombuffer(buf, dtype="S16")[cand]
+        pos = np.minimum(np.searchsorted(heard, probe), len(heard) - 1)
+        cand = cand[heard[pos] == probe]
+    else:
+        cand = cand[:0]
+    return _hits(keys, lo, hi, buf, cand)
 
 
 def _worker(args):
@@ -362,29 +378,21 @@ def _prefix_only(table: SightingTable) -> np.ndarray:
     return np.frombuffer(table.rpi, dtype="<u8")[1::2] == 0
 
 
-def _prefix_candidates(keys: ResolvedKeys, heard_prefixes: np.ndarray) -> tuple[np.ndarray, bytes]:
-    """Like `candidates_resolved`, for heard 8-byte RPI prefixes (first 8 bytes, as u64)."""
-    heard = np.unique(heard_prefixes)
-    pairs, rpis = [], []
-    for lo in range(0, len(keys), CHUNK_KEYS):
-        hi = min(len(keys), lo + CHUNK_KEYS)
-        chunk = [(keys.teks[16 * i : 16 * i + 16], int(keys.start[i]), int(keys.period[i]))
-                 for i in range(lo, hi)]
-        if native.available():
-            buf = native.derive(chunk)
-        else:
-            parts = []
-            for tek, start, period in chunk:
-                rk = en.rpik(tek)
-                for off in range(0, period, 144):
-                    parts.append(en.aes_ecb(rk, en.padded_run(start + off, min(144, period - off))))
-            buf = b"".join(parts)
-        offsets = np.r_[0, np.cumsum([c[2] for c in chunk])]
-        for block in np.flatnonzero(np.isin(_prefixes(buf), heard)).tolist():
-            ki = int(np.searchsorted(offsets, block, side="right")) - 1
-            pairs.append((lo + ki, chunk[ki][1] + block - int(offsets[ki])))
-            rpis.append(buf[16 * block : 16 * block + 16])
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2), b"".join(rpis)
+def _prefix_candidates(
+    keys: ResolvedKeys,
+    heard_prefixes: np.ndarray,
+    *,
+    jobs: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, bytes]:
+    """Like `candidates_resolved`, for heard 8-byte RPI prefixes (first 8 bytes, as u64): the
+    same chunks, derived as columns (by the kernel when it is available) and filtered in numpy."""
+    heard = np.unique(np.asarray(heard_prefixes, dtype="<u8"))
+    # a filter on the low bits, about 1 in 32 set (small enough to stay in cache)
+    table = np.zeros(1 << min(_TABLE_BITS, max(16, len(heard).bit_length() + 5)), dtype=bool)
+    table[heard & np.uint64(len(table) - 1)] = True
+    return _run_chunks(keys, {"table": table, "heard": heard, "prefix": True,
+                              "derive_native": native.available()}, jobs, progress, threads=native.available())
 
 
 def candidates_resolved(
@@ -395,15 +403,23 @@ def candidates_resolved(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, bytes]:
     """(entry, interval) pairs and RPIs of every derived RPI that is among `heard_rpis`."""
+    index = native.HeardIndex(heard_rpis) if native.available() else None
+    if index is not None:
+        return _run_chunks(keys, {"native": index}, jobs, progress, threads=True)
+    table = np.zeros(1 << _TABLE_BITS, dtype=bool)
+    if heard_rpis:
+        table[_prefixes(heard_rpis) & _TABLE_MASK] = True
+    return _run_chunks(keys, {"table": table, "heard": np.unique(np.frombuffer(heard_rpis, dtype="S16"))},
+                       jobs, progress, threads=False)
+
+
+def _run_chunks(keys: ResolvedKeys, state: dict, jobs: int | None, progress, *, threads: bool
+                ) -> tuple[np.ndarray, bytes]:
+    """`_scan_range` over chunks of CHUNK_KEYS entries: on `jobs` threads when the kernel does
+    the work (it releases the GIL), on forked worker processes otherwise; hits in entry order."""
     jobs = jobs or os.cpu_count() or 1
-    _STATE["keys"] = keys
-    _STATE["native"] = index = native.HeardIndex(heard_rpis) if native.available() else None
-    if index is None:
-        table = np.zeros(1 << _TABLE_BITS, dtype=bool)
-        if heard_rpis:
-            table[_prefixes(heard_rpis) & _TABLE_MASK] = True
-        _STATE["table"] = table
-        _STATE["heard"] = np.unique(np.frombuffer(heard_rpis, dtype="S16"))
+    _STATE.clear()
+    _STATE.update(state, keys=keys)
     n = len(keys)
     tasks = [(i, min(n, i + CHUNK_KEYS)) for i in range(0, n, CHUNK_KEYS)]
     pair_parts: list[np.ndarray] = []
@@ -422,7 +438,7 @@ def candidates_resolved(
         if jobs <= 1 or len(tasks) <= 1:
             for t in tasks:
                 take(t, _worker(t))
-        elif index is not None:  # the native kernel releases the GIL: threads, no fork/pickling
+        elif threads:  # the native kernel releases the GIL: threads, no fork/pickling
             with ThreadPoolExecutor(jobs) as tpool:
                 for t, res in zip(tasks, tpool.map(_worker, tasks)):
                     take(t, res)
@@ -489,10 +505,14 @@ def match(
     pref = _prefix_only(table)
     if pref.any():  # log format v2: 8-byte RPI prefixes, matched on those 8 bytes
         full = np.frombuffer(table.rpi, dtype="S16")[~pref].tobytes()
-        pairs, rpis = candidates_resolved(res, full, jobs=jobs, progress=progress) if full else (
+        n = len(res)
+        step1 = (lambda d, _n: progress(d, 2 * n)) if progress and full else progress
+        step2 = (lambda d, _n: progress(n + d, 2 * n)) if progress and full else progress
+        pairs, rpis = candidates_resolved(res, full, jobs=jobs, progress=step1) if full else (
             np.zeros((0, 2), np.int64), b"")
         n_full = len(pairs)  # hits of full RPIs first, then hits of prefixes
-        p2, r2 = _prefix_candidates(res, np.frombuffer(table.rpi, dtype="<u8")[0::2][pref])
+        p2, r2 = _prefix_candidates(res, np.frombuffer(table.rpi, dtype="<u8")[0::2][pref], jobs=jobs,
+                                    progress=step2)
         pairs, rpis = np.concatenate([pairs.reshape(-1, 2), p2]), rpis + r2
     else:
         pairs, rpis = candidates_resolved(res, table.rpi, jobs=jobs, progress=progress)

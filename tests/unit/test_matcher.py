@@ -85,6 +85,57 @@ def test_parallel_equals_serial(vectors, vector_key, monkeypatch):
     assert len(a) == len(range(0, 144, 7))
 
 
+def _prefix_case(seed=4, n_keys=600, planted=40):
+    """Keys with mixed periods and starts, duplicates and a revocation, and sightings of some
+    of them (plus noise): the same log with full RPIs and as log v2 keeps it (8-byte prefixes)."""
+    import random
+
+    rng = random.Random(seed)
+    day = 2_900_160
+    keys = []
+    for _ in range(n_keys):
+        period = rng.choice([144, 144, 144, 72, 10, 1])
+        keys.append(DiagnosisKey(rng.randbytes(16), day + 144 * rng.randrange(3) + rng.choice([0, 0, 40]), period,
+                                 rng.choice([1, 1, 2, 3])))
+    keys += [DiagnosisKey(k.key_data, k.rolling_start_interval_number, 144, 1) for k in keys[:20]]  # duplicates
+    revised = [DiagnosisKey(keys[30].key_data, keys[30].rolling_start_interval_number, 144, 5)]
+    full = []
+    for k in rng.sample(keys[:60], 30) + rng.sample(keys, planted - 30):
+        for _ in range(2):
+            interval = k.rolling_start_interval_number + rng.randrange(k.rolling_period)
+            r = en.rpi(en.rpik(k.key_data), interval)
+            a = en.aem(en.aemk(k.key_data), r, en.encode_metadata(rng.choice([-8, 0, 60])))
+            full.append(Sighting(interval * 600 + rng.randrange(-7200, 7200), r, a, -rng.randrange(40, 90)))
+    full += noise(300, day * 600)
+    rng.shuffle(full)
+    short = [Sighting(s.time, s.rpi[:8] + bytes(8), s.aem, s.rssi) for s in full]
+    return keys, revised, full, short
+
+
+def _facts(res):
+    return ([(m.key.key_data, m.key.report_type, m.interval, m.time, m.tx_power, m.sighting_index)
+             for m in res.matches], [w.to_json() for w in res.windows], res.health_code)
+
+
+def test_prefix_path_equals_full_rpi_path(monkeypatch):
+    """Log v2 keeps 8 bytes of each heard RPI (`match --db`): the same keys and sightings give
+    the same matches and exposures as with full RPIs, serial or parallel, a few chunks or many."""
+    from tracecode import matcher
+
+    keys, revised, full, short = _prefix_case()
+    want = _facts(evaluate(keys, full, revised_keys=revised, jobs=1))
+    assert len(want[0]) > 40 and want[1]
+    assert _facts(evaluate(keys, short, revised_keys=revised, jobs=1)) == want
+    monkeypatch.setattr(matcher, "CHUNK_KEYS", 64)
+    assert _facts(evaluate(keys, short, revised_keys=revised, jobs=2)) == want
+    # a log with both (a badge synced before and after its firmware moved to log v2)
+    mixed = [s if i % 2 else f for i, (s, f) in enumerate(zip(short, full))]
+    seen = []
+    got = evaluate(keys, mixed, revised_keys=revised, jobs=2, progress=lambda d, n: seen.append((d, n)))
+    assert _facts(got) == want
+    assert seen == sorted(seen) and seen[-1][0] == seen[-1][1]
+
+
 def test_fifteen_minutes_at_weight_one_scores_900(vectors, vector_key):
     cfg = ScoringConfig(bucket_weights=(1.0, 1.0, 1.0, 1.0))
     # Scans every 60 s for 15 minutes, each standing for 60 s as the logger says.
