@@ -48,9 +48,11 @@ dp3t: $(STAMP)
 	$(BIN)/python tools/dp3t_fit.py $(DP3T) --plot docs/channel-fit.png
 	$(BIN)/python tools/dp3t_score.py $(DP3T)
 
-# Key server under load on loopback: 2,000-connection burst + slow and hostile clients (docs/keyserver.md)
+# Key server under load on loopback: 2,000-connection burst + slow and hostile clients (docs/keyserver.md);
+# badges: 100 unplugged syncs with strangers, 1,000 power cuts on the MicroPython VM (docs/firmware.md)
 soak: $(STAMP)
 	$(BIN)/python tools/soak_keyserver.py --connections 2000 --slow 40
+	$(BIN)/python tools/campaign_badge.py --unplugs 100 --cuts 1000 --seed 1
 
 # Real badges: make flash IMAGE=ESP32_GENERIC.bin [BOARD=...] [PORT="/dev/ttyUSB0 /dev/ttyUSB1"]
 flash: $(STAMP)
