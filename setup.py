@@ -1,7 +1,9 @@
 """Build hook for the optional native matcher kernel; all metadata lives in pyproject.toml.
 
-`tracecode._matchcore` is optional: if it fails to compile (no C compiler, no Python headers,
-not x86-64), installation carries on and the matcher uses its pure-Python path.
+`tracecode._matchcore` is optional: if it fails to compile (no C compiler, no Python headers),
+installation carries on and the matcher uses its pure-Python path. It needs no OpenSSL headers
+and does not link libcrypto: at run time it takes the functions of the libcrypto the
+interpreter already loaded (tracecode.native); nothing in it is specific to one CPU architecture.
 """
 
 import platform
