@@ -50,6 +50,7 @@ ESP32_HEAP_32BIT = 100 * 1024        # free MicroPython heap of an ESP32 (no PSR
 HEAP_FACTOR_64BIT = 1.7              # measured: 64-bit / 32-bit allocation of the firmware
 RUNTIME_OVERHEAD = 48 * 1024         # our in-VM hardware modules (C on a chip)
 DEFAULT_HEAP = int(ESP32_HEAP_32BIT * HEAP_FACTOR_64BIT) + RUNTIME_OVERHEAD
+EVENTS_PER_ANSWER = 8
 
 _MACHINES = {"esp32": "Generic ESP32 module with ESP32", "esp32s3": "ESP32S3 module with ESP32S3",
              "esp32c3": "ESP32C3 module with ESP32C3"}
@@ -552,8 +553,11 @@ class VMBadge:
         r = None
         if self.rtc_offset is not None:
             r = int((now + self.rtc_offset) * 1000)
-        ev = self._events
-        self._events = []
+        # Events go to the VM a few per answer: a crowd's scan results in one line would be one
+        # large allocation on the badge's heap, which the chip (one IRQ per result) never makes.
+        # The rest wait for the next call, which is answered at once while any are pending.
+        ev = self._events[:EVENTS_PER_ANSWER]
+        del self._events[:EVENTS_PER_ANSWER]
         msg = {"q": q, "t": int((now - self.boot_t) * 1000 + 1e-6), "r": r, "e": ev}
         if v is not None:
             msg["v"] = v
