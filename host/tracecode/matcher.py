@@ -708,9 +708,13 @@ def _int_field(b: np.ndarray, fs: np.ndarray, fe: np.ndarray, allow_empty: bool)
         valid = np.arange(width) < dl[:, None]
         if ((ch < 0) | (ch > 9))[valid].any():
             raise _Slow
-        for k in range(width):
-            val = np.where(valid[:, k], val * 10 + ch[:, k], val)
+        # digit k of a field of dl digits weighs 10**(dl-1-k); past the field, 0
+        place = np.clip(dl[:, None] - 1 - np.arange(width), 0, None)
+        val = (np.where(valid, ch, 0) * _POW10[place]).sum(axis=1)
     return np.where(neg, -val, val), present
+
+
+_POW10 = 10 ** np.arange(19, dtype=np.int64)
 
 
 def _read_sightings_fast(body: bytes, header: list[str]) -> SightingTable:
