@@ -82,7 +82,10 @@ class Host:
         return True
 
     def _log(self):
-        return enlog.EncounterLog(self.root)
+        # The host interface reads, acknowledges and flushes; it never holds open records, so
+        # its log object takes one open slot, not the app's table (~4.6 KB in one piece,
+        # which a heap fragmented by hours of tracing may not have when a host breaks in).
+        return enlog.EncounterLog(self.root, open_max=1)
 
     def _call(self, fn, need_auth, args, kw):
         # Every public method takes any arguments and comes here: a wrong number or kind of
@@ -199,10 +202,15 @@ class Host:
         return mv, max(0, min(100, pct))
 
     def _running(self):
-        # True only while the app really traces: "interrupted" (Ctrl-C, e.g. mpremote) and
-        # "crashed" are not running, whatever the heartbeat says.
-        st = tcbadge.RUN.get("state")
+        # True only while the app traces: "crashed" is not running, whatever the heartbeat
+        # says; "interrupted" (Ctrl-C: this host session, mpremote) is paused, and counts as
+        # running only while the resume watch (watch.py) will restart it once the REPL is idle
+        # (not when a developer set RUN["hold"], and not on a badge without the watch).
+        run = tcbadge.RUN
+        st = run.get("state")
         if st is not None:
+            if st == "interrupted":
+                return run.get("watch") is not None and not run.get("hold"), st
             return st == "running", st
         if fsutil.exists(self.root + "/tc/crash.txt"):
             return False, "crashed"

@@ -272,7 +272,20 @@ def test_running_means_tracing_now(badge, fw):
     for st in ("interrupted", "crashed"):                       # mpremote's Ctrl-C, a crash
         tcbadge.RUN["state"] = st
         s = badge.j(h, "status")
-        assert s["running"] is False and s["app"] == st
+        assert s["running"] is False and s["app"] == st         # (no resume watch here)
+    # Ctrl-C with the resume watch armed: paused for this session, tracing again once the
+    # REPL is idle, so running; a developer's hold keeps it at the REPL: not running
+    tcbadge.RUN["watch"] = object()
+    try:
+        for st, hold, running in (("interrupted", 0, True), ("interrupted", 1, False),
+                                  ("crashed", 0, False)):
+            tcbadge.RUN["state"] = st
+            tcbadge.RUN["hold"] = hold
+            s = badge.j(h, "status")
+            assert (s["running"], s["app"]) == (running, st), (st, hold)
+    finally:
+        del tcbadge.RUN["watch"]
+        tcbadge.RUN.pop("hold", None)
     del tcbadge.RUN["state"]                                    # after a soft reset: heartbeat
     for age, running in ((0, True), (30, True), (64, True), (66, False), (120, False),
                          (600, False), (-5, False)):
