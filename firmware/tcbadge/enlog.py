@@ -32,6 +32,7 @@ _VERSION = const(2)
 _DAY_S = const(86400)
 _KEEP_DAYS = const(14)
 _MAX_PENDING = const(256)
+_FLUSH_EVERY = const(32)  # records closed by one flush written per piece (<= ~1 KB)
 _OPEN_MAX = const(64)
 _GAP_SCANS = const(2)  # a record closes when its RPI was not heard in this many scans
 _ID_LEN = const(12)  # RPI prefix + AEM per open slot
@@ -551,8 +552,15 @@ class EncounterLog:
                 done[j + 1] = done[j]
                 j -= 1
             done[j + 1] = s
-        for s in done:
-            self._close(s)
+        for i in range(len(done)):
+            self._close(done[i])
+            if self._npending >= _FLUSH_EVERY:
+                # written in pieces: a crowd's records in one growing buffer would need one
+                # large block, which a fragmented heap may not have (MemoryError)
+                self._drain()
+        self._drain()
+
+    def _drain(self):
         days = sorted(self._pending)
         for day in days:
             data = self._pending.pop(day)
