@@ -9,7 +9,7 @@ PORT   ?=
 IMAGE  ?=
 PORTS  := $(foreach p,$(PORT),--port $(p))
 
-.PHONY: setup demo test bench dp3t soak fuzz check-firmware flash sync hil clean
+.PHONY: setup demo test test-slow bench dp3t soak fuzz check-firmware flash sync hil clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,12 @@ demo: $(STAMP)
 	$(BIN)/tracecode demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# The runs that take minutes each: three more scenarios end to end on virtual badges, the
+# office on real-MicroPython badges (pytest marker `slow`)
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests
 
 # Fault campaigns at full size (CI runs fixed-seed slices inside `make test`)
 fuzz: $(STAMP)

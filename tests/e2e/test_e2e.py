@@ -221,11 +221,23 @@ def test_calibration_never_tunes_on_the_held_out_scenario():
 # ---------------------------------------------------------------------------- fleet mode (virtual badges)
 
 
+def _vm_reason():
+    from tracecode.sim.vmbadge import vm_available
+    return vm_available()
+
+
+VM = pytest.param("vm", marks=pytest.mark.skipif(_vm_reason() is not None, reason=str(_vm_reason())))
+
+
 @pytest.mark.timeout(300)
-def test_fleet_mode_end_to_end_on_virtual_badges(tmp_path):
+@pytest.mark.parametrize("backend", [VM])
+def test_fleet_mode_end_to_end_on_virtual_badges(tmp_path, backend, monkeypatch):
+    """The whole pipeline (flash, provision, trace, sync, consent, key server, match, health
+    codes read back from the flash) on badges running the real MicroPython VM."""
     sim = pytest.importorskip("tracecode.sim", reason="virtual badges (tracecode.sim) not built")
     pytest.importorskip("tracecode.station.flasher", reason="sync station not built")
     assert hasattr(sim, "Fleet")
+    monkeypatch.setenv("TRACECODE_SIM_BACKEND", backend)
     doc = _pair()
     doc["people"] = [
         {"id": "a", "path": [["08:00", [1, 1]], ["09:00", [1, 1]], ["09:00", None]]},
@@ -247,15 +259,22 @@ def test_fleet_mode_end_to_end_on_virtual_badges(tmp_path):
     assert res["precision"] == 1.0 and res["recall"] == 1.0
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-@pytest.mark.parametrize("name", SCENARIOS)
-def test_scenario_on_virtual_badges(tmp_path, name):
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("name, backend", [
+    ("office", "imitation"),
+    # `make test-slow` (each takes minutes): the other scenarios, and the office on the VM
+    pytest.param("classroom", "imitation", marks=pytest.mark.slow),
+    pytest.param("bus", "imitation", marks=pytest.mark.slow),
+    pytest.param("carehome", "imitation", marks=pytest.mark.slow),
+    pytest.param("office", "vm", marks=[pytest.mark.slow, VM.marks[0]]),
+])
+def test_scenario_on_virtual_badges(tmp_path, name, backend, monkeypatch):
     """Every scenario end to end on virtual badges running the firmware; the issue's bar
     (recall >= 0.9, precision >= 0.8 at the default setting) for the office and the classroom."""
     pytest.importorskip("tracecode.station.flasher", reason="sync station not built")
     sim = pytest.importorskip("tracecode.sim", reason="virtual badges (tracecode.sim) not built")
     assert hasattr(sim, "Fleet")
+    monkeypatch.setenv("TRACECODE_SIM_BACKEND", backend)
     res = run_scenario(ROOT / "scenarios" / f"{name}.yaml", tmp_path, mode="fleet", report=(name == "office"),
                        radio="ideal", scoring=ScoringConfig())
     assert res["sync_errors"] == [] and res["uploads"] == len(res["diagnosed"])

@@ -24,33 +24,57 @@ en = pytest.importorskip("tracecode.en")
 
 
 def flash_dir(badge) -> Path:
-    for attr in ("root", "path", "dir"):
-        p = getattr(badge.flash, attr, None)
-        if p is not None:
-            return Path(p)
-    return Path(badge.flash_dir)
+    """The badge's files as a host folder: the imitation's flash folder itself, or a copy of
+    a VM badge's littlefs image taken now (read it after the fleet has run)."""
+    root = getattr(badge.flash, "root", None)
+    if root is not None:
+        return Path(root)
+    n = getattr(badge, "_snapshots", 0) + 1
+    badge._snapshots = n
+    return badge.flash.export(Path(badge.workdir) / ("snapshot%d" % n))
 
 
 def provision(badge, name, board="esp32-devkitc", secret=None, config=None):
     # What `tracecode flash` leaves on the badge: /tc/prov.json (see docs/firmware.md).
-    fd = flash_dir(badge)
-    (fd / "tc").mkdir(parents=True, exist_ok=True)
     profile = json.loads((BOARDS / (board + ".json")).read_text())
     doc = {"id": name, "board": board, "secret": (secret or bytes(32)).hex(),
            "config": config or {}, "profile": profile}
-    (fd / "tc" / "prov.json").write_text(json.dumps(doc))
+    badge.flash.write("/tc/prov.json", json.dumps(doc).encode())
     return profile
+
+
+def _vm_reason():
+    from tracecode.sim.vmbadge import vm_available
+    return vm_available()
+
+
+# The firmware tests run on the real MicroPython VM (littlefs image, 32-bit-sized heap,
+# ESP32 modules in the VM) and on the fast CPython imitation the scenario fleets use.
+# A status taken by breaking into the running app (raw REPL, no soft reset) says "interrupted";
+# `running` is true while the resume watch (watch.py, on a soft machine.Timer) will restart the
+# app once the REPL is idle. The VM's `machine` has no Timer yet (Timer.init raises
+# OSError(95)), so there the watch is not armed and the badge stays at the REPL: not running.
+RESUMES = {"imitation": True, "vm": False}
+# VM_OPEN: on the VM badge, a host that breaks into the app after an hour of tracing (or
+# among 200 advertisers) sometimes gets MemoryError from status() on the fragmented heap
+# (some 3-5 KB allocation with ~70 KB free), and the last interval's open records can be
+# lost with it; the two-badge hour and the crowd run on the imitation until that is fixed.
+BACKENDS = [pytest.param("vm", marks=pytest.mark.skipif(_vm_reason() is not None, reason=str(_vm_reason()))),
+            "imitation"]
 
 
 # micropython-lib's aioble/ package folder, when a checkout is at hand (CI has none).
 AIOBLE_DIR = Path(os.environ.get("TRACECODE_AIOBLE_DIR") or "aioble-not-configured")
 
 
-def make_fleet(tmp_path, names_positions, seed=1, board="esp32-devkitc", config=None, aioble=False):
-    fleet = sim.Fleet(workdir=tmp_path, seed=seed, start_unix=START)
+def make_fleet(tmp_path, names_positions, seed=1, board="esp32-devkitc", config=None, aioble=False,
+               backend="imitation", backends=None):
+    fleet = sim.Fleet(workdir=tmp_path, seed=seed, start_unix=START, backend=backend)
     badges = {}
     for name, pos in names_positions:
         extra = {"aioble_dir": str(AIOBLE_DIR)} if aioble else {}
+        if backends and name in backends:
+            extra["backend"] = backends[name]
         b = fleet.add_badge(name, firmware_dir=str(FIRMWARE), position=pos, board=board, **extra)
         provision(b, name, board, secret=hashlib.sha256(name.encode()).digest(), config=config)
         badges[name] = b
@@ -76,15 +100,16 @@ def all_rpis(keys, tx_power):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["imitation"])   # VM: see VM_OPEN below
 @pytest.mark.parametrize("radio", ["bluetooth", "aioble"])
-def test_two_badges_for_an_hour(tmp_path, radio):
+def test_two_badges_for_an_hour(tmp_path, radio, backend):
     # "bluetooth": the firmware's own minimal driver (what CI runs); "aioble": the same with
     # micropython-lib's aioble in /lib on the badge (skipped where aioble is not available:
     # it is in no package registry, see docs/firmware.md).
     if radio == "aioble" and not (AIOBLE_DIR / "__init__.py").exists():
         pytest.skip("aioble not available at %s (set TRACECODE_AIOBLE_DIR)" % AIOBLE_DIR)
     fleet, b = make_fleet(tmp_path, [("alice", (0.0, 0.0)), ("bob", (1.5, 0.0))],
-                          aioble=radio == "aioble")
+                          aioble=radio == "aioble", backend=backend)
     try:
         start(fleet, b)
         fleet.run_until(3600 + 5)
@@ -93,7 +118,8 @@ def test_two_badges_for_an_hour(tmp_path, radio):
             st = _call(t, "from tcbadge.hostif import Host\nh = Host()\nh.status()")
         finally:
             t.close()
-        assert st["radio"] == radio and st["app"] == "interrupted" and st["running"]
+        assert st.get("radio") == radio and st["app"] == "interrupted", st
+        assert st["running"] is RESUMES[backend], st
     finally:
         fleet.close()
     profile = json.loads((BOARDS / "esp32-devkitc.json").read_text())
@@ -144,8 +170,9 @@ def _call(t, code):
 
 
 @pytest.mark.timeout(300)
-def test_host_interface_and_exported_keys_match_air(tmp_path):
-    fleet, b = make_fleet(tmp_path, [("alice", (0.0, 0.0)), ("bob", (1.0, 0.0))])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_host_interface_and_exported_keys_match_air(tmp_path, backend):
+    fleet, b = make_fleet(tmp_path, [("alice", (0.0, 0.0)), ("bob", (1.0, 0.0))], backend=backend)
     try:
         start(fleet, b)
         fleet.run_until(1800)
@@ -162,7 +189,7 @@ def test_host_interface_and_exported_keys_match_air(tmp_path):
                            hashlib.sha256).hexdigest()
             assert _call(t, "h.auth('%s')" % mac) == {"ok": True}
             st = _call(t, "h.status()")
-            assert st["clock"] == "set" and st["running"] and st["log"]["records"] > 0
+            assert st["clock"] == "set" and st["running"] is RESUMES[backend] and st["log"]["records"] > 0
             now = fleet.unix_time()
             assert abs(st["time"] - now) <= 2
             segs = _call(t, "h.segments()")["segments"]
@@ -254,7 +281,8 @@ def test_power_cuts_at_random_points(tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_crowd_of_200_advertisers(tmp_path):
+@pytest.mark.parametrize("backend", ["imitation"])   # VM: see VM_OPEN below
+def test_crowd_of_200_advertisers(tmp_path, backend):
     # One badge in the middle of 200 others (all within a few metres) for 10 minutes: its
     # RAM stays bounded (fixed ring + 256-slot table), nothing is dropped from the log, and
     # every advertiser is logged within 5 minutes.
@@ -262,7 +290,8 @@ def test_crowd_of_200_advertisers(tmp_path):
     people = [("me", (0.0, 0.0))]
     for i in range(200):
         people.append(("p%03d" % i, (rnd.uniform(-4, 4), rnd.uniform(-4, 4))))
-    fleet, b = make_fleet(tmp_path, people)
+    # the badge under test on `backend`; the 200 around it on the fast imitation
+    fleet, b = make_fleet(tmp_path, people, backends={"me": backend})
     try:
         start(fleet, b)
         fleet.run_until(600)
@@ -273,6 +302,7 @@ def test_crowd_of_200_advertisers(tmp_path):
             t.close()
     finally:
         fleet.close()
+    assert "stats" in st, st
     stats = st["stats"]
     assert stats["log_dropped"] == 0 and stats["table_drops"] == 0
     recs = read_log(flash_dir(b["me"]))
@@ -309,7 +339,7 @@ def test_sixteen_days_retention_and_full_flash(tmp_path):
             t.close()
     finally:
         fleet.close()
-    assert st["running"] and st["app"] == "interrupted"
+    assert st["running"] is RESUMES["imitation"] and st["app"] == "interrupted"
     days2 = sorted(int(p.stem) for p in (fd / "log").glob("*.tcl"))
     assert days2[-1] == today + 2 and len(days2) < 14  # oldest days dropped for room
     assert days2 == list(range(days2[0], today + 3))  # only from the old end
@@ -318,11 +348,12 @@ def test_sixteen_days_retention_and_full_flash(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_unset_clock_is_silent_and_power_cut_resumes(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unset_clock_is_silent_and_power_cut_resumes(tmp_path, backend):
     # A badge whose clock was never set broadcasts nothing and makes no keys; a badge that
     # loses power resumes from its persisted time (a lower bound) instead of 2000-01-01.
     fleet, b = make_fleet(tmp_path, [("alice", (0.0, 0.0)), ("bob", (1.0, 0.0)),
-                                     ("mute", (0.5, 0.5))])
+                                     ("mute", (0.5, 0.5))], backend=backend)
     try:
         fleet.power_on_all()
         b["alice"].set_clock()
@@ -349,4 +380,4 @@ def test_unset_clock_is_silent_and_power_cut_resumes(tmp_path):
     assert st["clock"] == "resumed"
     # resumed from the last persisted time (<= 5 min before the cut), then counted on
     assert cut_at - 300 + 900 - 5 <= st["time"] <= fleet.unix_time()
-    assert st["running"]
+    assert st["running"] is RESUMES[backend]
