@@ -68,9 +68,22 @@ def _sim_path(scn: Scenario, j: int, keyframes):
     return SimPath(out)
 
 
+def fleet_radio(scn: Scenario, model) -> "RadioParams":
+    """The simulator's radio for a scenario: its walls and the channel `radio_for` chose."""
+    from ..sim import RadioParams, Wall
+
+    radio = RadioParams(walls=[Wall(w.a[0], w.a[1], w.b[0], w.b[1], w.attenuation_db) for w in scn.walls],
+                        channel=model.channel, sensitivity_dbm=model.sensitivity_dbm, p_rx=model.p_rx)
+    if model.channel.kind == "ideal":
+        radio.rssi_1m = -model.channel.ideal_att_1m_db
+        radio.exponent = model.channel.ideal_exponent
+        radio.noise_db = model.channel.ideal_noise_db
+    return radio
+
+
 def run_fleet(scn: Scenario, work: Path, *, seed: int = 1, say=lambda m: None,
               scoring: ScoringConfig | None = None, radio=None) -> tuple[dict[str, PersonExposure], dict]:
-    from ..sim import Fleet, RadioParams, Wall
+    from ..sim import Fleet
     from ..station import flasher
     from ..station import sync as syncmod
     from ..station.db import Database
@@ -83,12 +96,7 @@ def run_fleet(scn: Scenario, work: Path, *, seed: int = 1, say=lambda m: None,
 
     model = radio_for(scn, radio)              # the scenario's radio: and board: (docs/channel.md)
     board_name = str(scn.raw.get("board") or BOARD)
-    radio = RadioParams(walls=[Wall(w.a[0], w.a[1], w.b[0], w.b[1], w.attenuation_db) for w in scn.walls],
-                        channel=model.channel, sensitivity_dbm=model.sensitivity_dbm, p_rx=model.p_rx)
-    if model.channel.kind == "ideal":
-        radio.rssi_1m = -model.channel.ideal_att_1m_db
-        radio.exponent = model.channel.ideal_exponent
-        radio.noise_db = model.channel.ideal_noise_db
+    radio = fleet_radio(scn, model)
     info_radio = {"channel": model.channel.to_json(), "board": board_name}
     fleet = Fleet(workdir=work / "fleet", seed=seed, start_unix=scn.start, radio=radio)
     db = Database(work / "station.sqlite")

@@ -199,19 +199,13 @@ def scenario_from_e2e(path: FsPath) -> Scenario:
     fleet does), walls and the scenario's radio channel (docs/channel.md)."""
     try:
         from ..e2e import scenario as e2e_scenario
-        from ..e2e.fleet import BOARD, _sim_path
+        from ..e2e.fleet import BOARD, _sim_path, fleet_radio
         from ..e2e.synthetic import radio_for
     except ImportError:
         raise InputError("%s is an end-to-end scenario (docs/e2e.md) and tracecode.e2e is not "
                          "installed: run it without --radio-only" % path.name) from None
     scn = e2e_scenario.load_scenario(path)
-    model = radio_for(scn)
-    radio = RadioParams(walls=[Wall(w.a[0], w.a[1], w.b[0], w.b[1], w.attenuation_db) for w in scn.walls],
-                        channel=model.channel, sensitivity_dbm=model.sensitivity_dbm, p_rx=model.p_rx)
-    if model.channel.kind == "ideal":
-        radio.rssi_1m = -model.channel.ideal_att_1m_db
-        radio.exponent = model.channel.ideal_exponent
-        radio.noise_db = model.channel.ideal_noise_db
+    radio = fleet_radio(scn, radio_for(scn))
     board = str(scn.raw.get("board") or BOARD)
     people = []
     for j, p in enumerate(scn.people):
