@@ -68,7 +68,7 @@ def _sim_path(scn: Scenario, j: int, keyframes):
     return SimPath(out)
 
 
-def fleet_radio(scn: Scenario, model) -> "RadioParams":
+def fleet_radio(scn: Scenario, model):
     """The simulator's radio for a scenario: its walls and the channel `radio_for` chose."""
     from ..sim import RadioParams, Wall
 
