@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/tracecode demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15 tests
 
 # The runs that take minutes each: three more scenarios end to end on virtual badges, the
 # office on real-MicroPython badges (pytest marker `slow`)

@@ -312,6 +312,7 @@ def test_crowd_of_200_advertisers(tmp_path, backend):
     assert stats["scans"] >= 5 and st["log"]["records"] == len({r["record"] for r in recs})
 
 
+@pytest.mark.slow          # ~100 s: make test-slow (littlefs full-flash boots are in make test)
 @pytest.mark.timeout(600)
 def test_sixteen_days_retention_and_full_flash(tmp_path):
     # Two badges together for 16 days: logs and keys are kept 14 days, older ones deleted;

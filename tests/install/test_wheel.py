@@ -93,7 +93,7 @@ def test_installed_sim_badge_boots_the_shipped_firmware(installed):
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = badge.stdout.readline()
-        assert "virtual badge running" in line, line
+        assert re.match(r"virtual badge \S+ \(id tc-[0-9a-f]{12}\) running", line), line
         url = f"socket://127.0.0.1:{port}"
         _run([tc, "db", "init", "--db", "st.sqlite"], cwd=work)
         deadline = time.monotonic() + 20
@@ -123,7 +123,8 @@ def test_installed_flash_then_status_on_a_virtual_badge(installed):
     badge = subprocess.Popen([tc, "sim", "badge", "--port-socket", str(port), "--seconds", "60"],
                              cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert "virtual badge running" in badge.stdout.readline()
+        line = badge.stdout.readline()
+        assert re.match(r"virtual badge \S+ \(id tc-[0-9a-f]{12}\) running", line), line
         url = f"socket://127.0.0.1:{port}"
         fl = _run([tc, "flash", "--skip-image", "--no-aioble", "--board", "esp32-devkitc",
                    "-p", url, "--db", "fleet.sqlite", "--json"], cwd=work, timeout=120)
