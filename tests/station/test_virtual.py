@@ -23,7 +23,7 @@ sim = pytest.importorskip("tracecode.sim", reason="virtual badges (tracecode.sim
 
 pytestmark = pytest.mark.timeout(120)
 BOARD = "m5stack-atom-lite"     # RGB LED: the health colour can be read back
-BUTTON_BOARD = "esp32-devkitc"  # consent button on GPIO0 with the internal pull-up
+BUTTON_BOARD = "esp32-devkitc"  # consent button on GPIO4 (not a strapping pin) with the internal pull-up
 
 
 @pytest.fixture
