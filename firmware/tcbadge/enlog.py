@@ -32,7 +32,12 @@ _VERSION = const(2)
 _DAY_S = const(86400)
 _KEEP_DAYS = const(14)
 _MAX_PENDING = const(256)
-_FLUSH_EVERY = const(32)  # records closed by one flush written per piece (<= ~1 KB)
+# Closed records wait in one fixed write buffer, allocated with the log (on a fresh heap):
+# a buffer that grows with a crowd's records needs ever larger single blocks, which a heap
+# fragmented by hours of tracing may not have (MemoryError with tens of KB free, found on
+# the MicroPython VM badge). It is written out when full, at a day change and at flush.
+_WBUF = const(1024)
+_WBUF_SMALL = const(128)  # a log that holds at most one open record (the host interface's)
 _OPEN_MAX = const(64)
 _GAP_SCANS = const(2)  # a record closes when its RPI was not heard in this many scans
 _ID_LEN = const(12)  # RPI prefix + AEM per open slot
@@ -354,8 +359,10 @@ class EncounterLog:
         self.cut_bytes = 0  # torn-tail bytes repaired at open
         self.repair_failed = 0  # days left read-only because their repair failed
         self.deleted = []  # days deleted since boot
-        self._pending = {}  # day -> bytearray of encoded records
-        self._pcount = {}  # day -> records in it
+        # closed records not yet written: all of one day, in a fixed buffer
+        self._wbuf = bytearray(_WBUF if open_max > 1 else _WBUF_SMALL)
+        self._wlen = 0
+        self._wday = -1
         self._npending = 0
         self._info = {}  # day -> (version, generation)
         self._frozen = {}  # day -> True: torn and not repairable, never appended to
@@ -452,13 +459,12 @@ class EncounterLog:
         return self.info(d[-1])[1] if d else 0
 
     # -- appending
-    def _buf(self, day):
-        buf = self._pending.get(day)
-        if buf is None:
-            buf = bytearray()
-            self._pending[day] = buf
-            self._pcount[day] = 0
-        return buf
+    def _room(self, day, n):
+        # Make room for an n-byte record of `day` in the write buffer; returns its offset.
+        if self._wlen and (self._wday != day or self._wlen + n > len(self._wbuf)):
+            self._drain()
+        self._wday = day
+        return self._wlen
 
     def add(self, rpi, aem, first_unix, last_unix, count, rmin, rmax, rmean):
         # One RPI heard in one scan (the scanner's aggregate). Returns True when the caller
@@ -466,12 +472,10 @@ class EncounterLog:
         day = first_unix // _DAY_S
         if self.info(day)[0] == 1:
             # Today's file predates the upgrade: v1 records until the day ends.
-            buf = self._buf(day)
-            off = len(buf)
-            buf.extend(bytes(REC_LEN))
-            encode_into(buf, off, rpi, aem, first_unix - day * _DAY_S, last_unix - first_unix,
+            off = self._room(day, REC_LEN)
+            encode_into(self._wbuf, off, rpi, aem, first_unix - day * _DAY_S, last_unix - first_unix,
                         count, rmin, rmax, rmean)
-            self._pcount[day] += 1
+            self._wlen = off + REC_LEN
             self._npending += 1
             return self._npending >= _MAX_PENDING
         k = bytes(rpi[0:RPI_LEN])
@@ -521,13 +525,10 @@ class EncounterLog:
         self._free.append(s)
         if n == 0:
             return
-        buf = self._buf(day)
-        off = len(buf)
-        buf.extend(bytes(ENC_HEAD + n * ENTRY_LEN + 2))
-        encode2_into(buf, off, t0 - day * _DAY_S, self._ids, b, self._ent,
-                     s * MAX_SCANS * ENTRY_LEN, n)
+        off = self._room(day, ENC_HEAD + n * ENTRY_LEN + 2)
+        self._wlen = off + encode2_into(self._wbuf, off, t0 - day * _DAY_S, self._ids, b, self._ent,
+                                        s * MAX_SCANS * ENTRY_LEN, n)
         self._n[s] = 0
-        self._pcount[day] += 1
         self._npending += 1
 
     def pending(self):
@@ -553,20 +554,15 @@ class EncounterLog:
                 j -= 1
             done[j + 1] = s
         for i in range(len(done)):
-            self._close(done[i])
-            if self._npending >= _FLUSH_EVERY:
-                # written in pieces: a crowd's records in one growing buffer would need one
-                # large block, which a fragmented heap may not have (MemoryError)
-                self._drain()
+            self._close(done[i])  # writes the buffer out whenever it is full
         self._drain()
 
     def _drain(self):
-        days = sorted(self._pending)
-        for day in days:
-            data = self._pending.pop(day)
-            n = self._pcount.pop(day)
-            if not self._write(day, data):
-                self.dropped += n
+        n = self._wlen
+        if n:
+            self._wlen = 0
+            if not self._write(self._wday, memoryview(self._wbuf)[0:n]):
+                self.dropped += self._npending
         self._npending = 0
 
     def close(self):
