@@ -212,6 +212,9 @@ class Badge:
             return st["out"]
         if st["ext"] is not None:
             return st["ext"]
+        b = self.profile.get("button") or {}
+        if b.get("pull") == "none" and int(b.get("pin", -1)) == pin:  # board's external pull
+            return 1 - int(b.get("active", 0))
         return 1 if st["pull"] == 2 else 0
 
     def pin_changed(self, pin: int) -> None:

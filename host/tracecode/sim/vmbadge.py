@@ -304,8 +304,10 @@ class VMBadge:
     def _drive(self, pin: int, level: int | None) -> None:
         self.ext_pins[pin] = level
         if level is None:
-            pull = (self.profile.get("button") or {}).get("pull", "up")
-            level = 1 if pull == "up" else 0
+            b = self.profile.get("button") or {}
+            pull = b.get("pull", "up")
+            # "none": the board's external resistor holds the released level (ATOM Lite G39)
+            level = 1 - int(b.get("active", 0)) if pull == "none" else 1 if pull == "up" else 0
         self._event(["pin", pin, level])
 
     def press_button(self, after: float = 0.0, duration: float = 0.3, pin: int | None = None) -> None:
@@ -502,6 +504,9 @@ class VMBadge:
     def _boot_once(self) -> int | None:
         self.boots += 1
         self._events.clear()
+        b = self.profile.get("button") or {}
+        if b.get("pull") == "none" and self.ext_pins.get(int(b.get("pin", 0))) is None:
+            self._events.append(["pin", int(b["pin"]), 1 - int(b.get("active", 0))])
         # a button still held through the reset reads pressed in the new boot, as on the chip
         for pin, level in self.ext_pins.items():
             if level is not None:
