@@ -353,3 +353,51 @@ def _py_literal(value) -> str:
     if isinstance(value, str):
         return json.dumps(value)   # a JSON string is a valid MicroPython string literal
     raise TypeError(f"cannot pass {type(value).__name__} to the badge")
+
+
+# ---------------------------------------------------------------------------- link selection
+PROBE_TIMEOUT_S = 1.5
+
+
+def open_link(port: str, *, baudrate: int = 115200, timeout_s: float = 10.0,
+              probe_timeout_s: float = PROBE_TIMEOUT_S, **kw):
+    """An open session with the badge on `port`, whichever mode it is in.
+
+    A HELLO frame (protocol version 2, docs/hostif.md) is sent first with a short timeout: a
+    locked badge answers it and gets a `frames.LockedLink` (hello done, not yet
+    authenticated). Anything else -- no answer, a REPL prompt, a badge answering
+    `"locked": false` -- gets today's raw-REPL `BadgeLink` (developer mode, version 1). The
+    probe frame holds no control character a friendly REPL would act on (frames.py). If the
+    raw REPL does not answer either, HELLO is tried once more with a longer timeout (a slow,
+    busy locked badge)."""
+    from .frames import LockedLink, open_serial
+
+    def probe(wait_s: float):
+        link = LockedLink(port, baudrate=baudrate, timeout_s=timeout_s,
+                          serial=open_serial(port, baudrate))
+        try:
+            hello = link.say_hello(wait_s, early_exit=True)
+        except BaseException:
+            link._close_port()
+            raise
+        if hello is not None and hello.get("locked"):
+            return link
+        link._close_port()
+        return None
+
+    locked = probe(probe_timeout_s)
+    if locked is not None:
+        return locked
+    link = BadgeLink(port, baudrate=baudrate, timeout_s=timeout_s, **kw)
+    try:
+        link.open()
+        return link
+    except DeviceError as exc:
+        first = exc
+    if "no MicroPython raw REPL answers" not in str(first):
+        raise first
+    locked = probe(max(5.0, probe_timeout_s))
+    if locked is not None:
+        return locked
+    raise DeviceError(f"{port}: no badge answers (neither locked mode nor a MicroPython raw "
+                      "REPL)", hint="is it plugged in and powered, with TraceCode firmware?")

@@ -1,0 +1,385 @@
+"""The station side of host protocol version 2 (locked badges, docs/hostif.md).
+
+Part 1: the frame codec and `LockedLink` against frames built here from the spec with
+struct/zlib/hmac (not with the code under test), served by a small fake badge on a socket:
+handshake, an impostor, pipelined reads, bad CRCs, garbage, a session lost mid-read.
+Part 2: the station workflow against virtual badges running the real firmware in locked mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import socket
+import struct
+import threading
+import time
+import zlib
+
+import pytest
+
+from tracecode.errors import DeviceError
+from tracecode.station import frames
+from tracecode.station.link import BadgeRefused
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# ---------------------------------------------------------------------------- spec, by hand
+def spec_frame(ftype: int, seq: int, payload: bytes = b"", key: bytes | None = None,
+               direction: bytes = b"B") -> bytes:
+    body = bytes([2, ftype]) + seq.to_bytes(4, "little") + payload
+    if key is not None:
+        body += hmac.new(key, direction + bytes([2, ftype]) + seq.to_bytes(4, "little") + payload,
+                         hashlib.sha256).digest()[:16]
+    ln = len(body).to_bytes(2, "little")
+    return b"\xa7\x7c" + ln + body + (zlib.crc32(ln + body) & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def spec_parse(buf: bytearray):
+    """Pop one frame (type, seq, rest of body) from buf, hunting MAGIC; None if incomplete."""
+    while True:
+        i = buf.find(b"\xa7\x7c")
+        if i < 0:
+            del buf[:max(0, len(buf) - 1)]
+            return None
+        del buf[:i]
+        if len(buf) < 4:
+            return None
+        ln = int.from_bytes(buf[2:4], "little")
+        if not 6 <= ln <= 4200:
+            del buf[:1]
+            continue
+        if len(buf) < ln + 8:
+            return None
+        body = bytes(buf[4:4 + ln])
+        if int.from_bytes(buf[4 + ln:8 + ln], "little") != zlib.crc32(bytes(buf[2:4 + ln])):
+            del buf[:1]
+            continue
+        del buf[:ln + 8]
+        if body[0] != 2:
+            continue
+        return body[1], int.from_bytes(body[2:6], "little"), body[6:]
+
+
+def mac(secret, *parts):
+    return hmac.new(secret, b"".join(parts), hashlib.sha256).digest()
+
+
+class FakeBadge:
+    """A locked badge as docs/hostif.md describes it, on socket://127.0.0.1:PORT."""
+
+    def __init__(self, badge_id="tc-fake", secret=b"s" * 32, *, proof_secret=None,
+                 log=None, locked=True):
+        self.id, self.secret = badge_id, secret
+        self.proof_secret = proof_secret or secret      # an impostor proves another secret
+        self.locked = locked
+        self.log = dict(log or {})                      # day -> bytes
+        self.acks: dict[int, int] = {}
+        self.health = None
+        self.staged: dict[str, bytearray] = {}
+        self.installed: dict[str, bytes] = {}
+        self.resets = 0
+        self.requests: list[tuple[int, int]] = []       # (type, seq) of accepted requests
+        self.max_inflight = 0
+        self.corrupt_reads: set[int] = set()            # READ reply numbers to corrupt
+        self.drop_session_at_read: int | None = None    # end the session at this READ
+        self.garbage = False
+        self.reads = 0
+        self.key = None
+        self.nb = None
+        self.expect = 1
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(4)
+        self.url = "socket://127.0.0.1:%d" % self.srv.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self):
+        self.srv.close()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buf = bytearray()
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            # frames waiting in the buffer = requests in flight
+            self.max_inflight = max(self.max_inflight, bytes(buf).count(b"\xa7\x7c\x20\x00\x02\x13"))
+            while (f := spec_parse(buf)) is not None:
+                out = self._handle(*f)
+                if out:
+                    if self.garbage:
+                        out = b"\xa7\x7c\x40\x10junk\r\n" + os.urandom(20) + out
+                    conn.sendall(out)
+
+    def _err(self, seq, code, tagged=True):
+        payload = json.dumps({"error": code, "msg": code}, separators=(",", ":")).encode()
+        return spec_frame(0xFF, seq, payload, self.key if tagged else None)
+
+    def _handle(self, ftype, seq, rest):
+        if ftype == 0x01:
+            self.key, self.nb = None, os.urandom(16)
+            info = json.dumps({"proto": 2, "fw": "9.9", "id": self.id, "locked": self.locked},
+                              separators=(",", ":")).encode()
+            self.nh = rest
+            return spec_frame(0x81, 0, self.nb + info)
+        if ftype == 0x02:
+            nb, self.nb = self.nb, None
+            if nb is None or not hmac.compare_digest(
+                    rest, mac(self.secret, b"tc-auth-v2/host", nb, self.nh, self.id.encode())):
+                return self._err(0, "auth", tagged=False)
+            self.key = mac(self.secret, b"tc-session-v2", nb, self.nh)
+            self.expect = 1
+            return spec_frame(0x82, 0, mac(self.proof_secret, b"tc-auth-v2/badge", self.nh, nb,
+                                           self.id.encode()))
+        if self.key is None:
+            return self._err(seq, "auth", tagged=False)
+        payload, tag = rest[:-16], rest[-16:]
+        want = mac(self.key, b"H", bytes([2, ftype]), seq.to_bytes(4, "little"), payload)[:16]
+        if not hmac.compare_digest(tag, want):
+            out = self._err(seq, "auth")
+            self.key = None
+            return out
+        if seq != self.expect:
+            out = self._err(seq, "seq")
+            self.key = None
+            return out
+        self.expect += 1
+        self.requests.append((ftype, seq))
+        ok = {"ok": True}
+        if ftype == 0x13:
+            day, off, n = struct.unpack("<IIH", payload)
+            self.reads += 1
+            time.sleep(0.005)                      # flash read: pipelined requests queue up
+            if self.drop_session_at_read == self.reads:
+                self.key = None                    # idle expiry: this request is lost
+                self.drop_session_at_read = None
+                return b""
+            if day not in self.log:
+                return self._err(seq, "input")
+            frame = spec_frame(0x93, seq, self.log[day][off:off + min(n, 4096)], self.key)
+            if self.reads in self.corrupt_reads:
+                frame = frame[:40] + bytes([frame[40] ^ 1]) + frame[41:]
+            return frame
+        if ftype == 0x10:
+            reply = {"id": self.id, "fw": "9.9", "running": True, "battery_pct": 80}
+        elif ftype == 0x11:
+            reply = {"ok": True, "drift_s": 1.5}
+        elif ftype == 0x12:
+            reply = {"segments": [{"day": d, "size": len(b), "acked": self.acks.get(d, 0),
+                                   "v": 1, "gen": None} for d, b in sorted(self.log.items())]}
+        elif ftype == 0x14:
+            doc = json.loads(payload)
+            self.acks[doc["day"]] = max(self.acks.get(doc["day"], 0), doc["off"])
+            reply = {"ok": True, "deleted": []}
+        elif ftype == 0x16:
+            self.health = json.loads(payload)["code"]
+            reply = ok
+        elif ftype == 0x1A:
+            jl = struct.unpack_from("<H", payload)[0]
+            doc = json.loads(payload[2:2 + jl])
+            data = payload[2 + jl:]
+            f = self.staged.setdefault(doc["path"], bytearray())
+            f[doc["off"]:doc["off"] + len(data)] = data
+            reply = ok
+        elif ftype == 0x1B:
+            files = json.loads(payload)["files"]
+            for f in files:
+                got = bytes(self.staged.get(f["path"], b""))
+                if len(got) != f["size"] or hashlib.sha256(got).hexdigest() != f["sha256"]:
+                    self.staged.clear()
+                    return self._err(seq, "input")
+            self.installed.update({f["path"]: bytes(self.staged[f["path"]]) for f in files})
+            self.resets += 1
+            reply = ok
+        elif ftype in (0x19, 0x1C, 0x1F):
+            if ftype == 0x19:
+                self.locked = False
+            reply = ok
+        else:
+            return self._err(seq, "input")
+        out = spec_frame(ftype | 0x80, seq, json.dumps(reply).encode(), self.key)
+        if ftype in (0x19, 0x1B, 0x1C, 0x1F):
+            self.key = None
+        return out
+
+
+@pytest.fixture
+def fake():
+    made = []
+
+    def make(**kw):
+        b = FakeBadge(**kw)
+        made.append(b)
+        return b
+    yield make
+    for b in made:
+        b.close()
+
+
+# ---------------------------------------------------------------------------- codec
+def test_encode_matches_the_spec_byte_for_byte():
+    key = os.urandom(32)
+    for ftype, seq, payload in [(0x01, 0, os.urandom(16)), (0x13, 7, struct.pack("<IIH", 20000, 16, 4096)),
+                                (0x1F, 2**32 - 1, b"")]:
+        assert frames.encode(ftype, seq, payload, key if seq else None, b"H") == spec_frame(
+            ftype, seq, payload, key if seq else None, b"H")
+    with pytest.raises(ValueError):
+        frames.encode(0x1A, 1, b"x" * 4200, key)
+
+
+def test_decoder_hunts_through_garbage_bad_crc_and_other_versions():
+    key = os.urandom(32)
+    good1 = spec_frame(0x93, 1, b"log bytes", key)
+    good2 = spec_frame(0x92, 2, b'{"segments":[]}', key)
+    bad = bytearray(good1)
+    bad[12] ^= 0xFF                                       # CRC fails
+    v3 = bytearray(spec_frame(0x90, 3, b"x"))
+    v3[4] = 3                                             # another version, valid CRC
+    v3[-4:] = (zlib.crc32(bytes(v3[2:-4])) & 0xFFFFFFFF).to_bytes(4, "little")
+    stream = (b"\xa7garbage\xa7\x7c\xff\xff" + bytes(bad) + b"raw REPL\r\n" + good1 + bytes(v3)
+              + b"\xa7\x7c" + good2)
+    d = frames.Decoder()
+    got = []
+    for i in range(0, len(stream), 7):                    # byte-wise arrival in pieces
+        d.feed(stream[i:i + 7])
+        while (f := d.next()) is not None:
+            got.append(f)
+    assert [(f.type, f.seq) for f in got] == [(0x93, 1), (0x92, 2)]
+    assert got[0].open_tagged(key) == b"log bytes"
+    assert got[0].open_tagged(os.urandom(32)) is None
+    assert d.bad_crc >= 1 and d.other_versions == 1 and d.buf == bytearray()
+    # a MAGIC + long LEN in garbage must not swallow a real frame for ever once stalled
+    d = frames.Decoder()
+    d.feed(b"\xa7\x7c\x00\x10" + good1)
+    assert d.next() is None
+    assert d.next(stalled=True).seq == 1
+
+
+def test_handshake_proofs_follow_the_spec():
+    s, nb, nh = os.urandom(32), os.urandom(16), os.urandom(16)
+    assert frames.host_proof(s, nb, nh, "tc-1") == mac(s, b"tc-auth-v2/host", nb, nh, b"tc-1")
+    assert frames.badge_proof(s, nh, nb, "tc-1") == mac(s, b"tc-auth-v2/badge", nh, nb, b"tc-1")
+    assert frames.session_key(s, nb, nh) == mac(s, b"tc-session-v2", nb, nh)
+    for _ in range(50):   # the probe frame holds no control byte a friendly REPL acts on
+        nh, frame = frames.host_nonce_frame()
+        assert spec_frame(0x01, 0, nh, direction=b"H") == frame
+        assert all(b >= 0x20 and b != 0x7F for b in nh + frame[-4:])
+
+
+# ---------------------------------------------------------------------------- LockedLink
+def test_session_with_the_fake_badge(fake):
+    log = {20000: os.urandom(30_000), 20001: os.urandom(4096 * 3)}
+    b = fake(log=log)
+    with frames.LockedLink(b.url) as link:
+        assert link.hello["locked"] and link.badge_id == "tc-fake" and link.hello["provisioned"]
+        with pytest.raises(DeviceError):
+            link.status()                                  # not authenticated: refused locally
+        link.auth(b.secret)
+        assert link.status()["battery_pct"] == 80
+        assert link.set_time(1_700_000_000) == 1.5
+        assert [s["day"] for s in link.segments()] == [20000, 20001]
+        seen = []
+        w0 = link.wire_bytes
+        assert link.read_range(20000, 16, 30_000, on_data=seen.append) == log[20000][16:30_000]
+        ratio = (30_000 - 16) / (link.wire_bytes - w0)
+        assert ratio > 0.98, ratio
+        assert sum(seen) == 30_000 - 16
+        assert b.max_inflight >= 2                         # READs are pipelined
+        assert link.read_range(20001, 0, 99_999) == log[20001]     # short reply ends the file
+        assert link.read_range(20001, 5000, 5000) == b""
+        with pytest.raises(BadgeRefused) as ei:
+            link.read_range(12345, 0, 100)                 # unknown day
+        assert ei.value.code == "input"
+        link.ack(20000, 16 + 32 * 10)
+        link.set_health("yellow")
+        assert b.acks == {20000: 336} and b.health == "yellow"
+    assert b.key is None                                   # closed with BYE
+    assert b.requests[-1][0] == 0x1F
+
+
+def test_impostor_and_wrong_secret_are_refused_without_leaking(fake):
+    secret = os.urandom(32)
+    b = fake(secret=secret, proof_secret=os.urandom(32))    # accepts our AUTH, cannot prove
+    with frames.LockedLink(b.url) as link:
+        with pytest.raises(DeviceError) as ei:
+            link.auth(secret)
+        assert "failed to prove" in str(ei.value) and secret.hex() not in str(ei.value)
+        assert not link.authenticated
+        with pytest.raises(DeviceError):
+            link.segments()
+    assert b.requests == []                                 # nothing was asked of it
+    b2 = fake(secret=os.urandom(32))                        # does not know our secret
+    with frames.LockedLink(b2.url) as link:
+        with pytest.raises(BadgeRefused) as ei:
+            link.auth(secret)
+        assert ei.value.code == "auth" and secret.hex() not in str(ei.value)
+        # one AUTH per badge nonce: a second attempt says hello again first
+        with pytest.raises(BadgeRefused):
+            link.auth(secret)
+
+
+def test_lost_replies_and_sessions_are_asked_for_again(fake):
+    data = os.urandom(4096 * 9 + 100)
+    b = fake(log={20000: data})
+    b.corrupt_reads = {2, 5}            # two replies fail their CRC on the way
+    b.garbage = True                    # and every reply comes after junk with a MAGIC
+    with frames.LockedLink(b.url, timeout_s=2.0) as link:
+        link.auth(b.secret)
+        assert link.read_range(20000, 0, len(data)) == data
+        assert link.rerequests >= 2 and link.decoder.bad_crc >= 2
+        b.drop_session_at_read = b.reads + 3     # the badge forgets the session mid-read
+        assert link.read_range(20000, 0, len(data)) == data
+        assert link.sessions >= 2
+        assert link.status()["id"] == "tc-fake"
+
+
+def test_firmware_update_and_unlock(fake):
+    b = fake()
+    files = [("main.py", b"print(1)\n"), ("tcbadge/big.py", os.urandom(10_000))]
+    with frames.LockedLink(b.url) as link:
+        link.auth(b.secret)
+        assert link.put_files(files)["ok"]
+    assert b.installed == dict(files) and b.resets == 1
+    with frames.LockedLink(b.url) as link:
+        link.auth(b.secret)
+        link.put_file("main.py", b"other")
+        with pytest.raises(BadgeRefused):           # COMMIT with a wrong digest: refused
+            link.call(frames.COMMIT, {"files": [{"path": "main.py", "size": 5,
+                                                 "sha256": "00" * 32}]}, retry=False)
+    with frames.LockedLink(b.url) as link:
+        link.auth(b.secret)
+        assert link.unlock()["ok"]
+    assert not b.locked
+
+
+def test_no_answer_is_a_clear_error(tmp_path):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    url = "socket://127.0.0.1:%d" % srv.getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(DeviceError) as ei:
+            frames.LockedLink(url, hello_timeout_s=0.5).open()
+        assert "no locked-mode" in str(ei.value) and time.monotonic() - t0 < 3
+    finally:
+        srv.close()
+    with pytest.raises(DeviceError) as ei:
+        frames.LockedLink(url).open()
+    assert "cannot open" in str(ei.value)
