@@ -1,4 +1,18 @@
-"""A badge's serial console: input buffer, output, and its loopback TCP / pseudo-terminal ends."""
+"""A badge's serial console: input buffer, output, and its loopback TCP / pseudo-terminal ends.
+
+The console also models the USB-serial bridge's modem lines and the classic ESP32 DevKit
+auto-program circuit (two NPN transistors between the bridge's DTR#/RTS# outputs and the chip's
+EN and BOOT strapping pins): `set_lines(dtr=, rts=)` with pyserial's convention (True =
+asserted = line driven low). RTS asserted with DTR released pulls EN low (the chip is held in
+reset); DTR asserted with RTS released pulls the BOOT pin low (GPIO0 on ESP32/S2/S3, GPIO9 on
+C2/C3/C6/H2); both or neither asserted leave EN and BOOT alone. When EN comes up the chip samples
+its BOOT pin EN_SETTLE_S (wall clock) later, the RC delay of the EN pin's capacitor that makes
+esptool's sequential DTR/RTS writes work: BOOT low -> the ROM waits for a download (the virtual
+badge has no ROM loader: it prints the ROM's banner and stays silent until the next reset),
+BOOT high -> a normal boot (power-on reset cause). A loopback socket or a pty carries no modem
+lines, so hosts reach them through `set_lines` or `modem()` (a pyserial-like object that
+esptool's reset sequences in `esp_pylib.serial_reset` accept).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +21,16 @@ import queue
 import socket
 import threading
 import time
+
+# The strapping pin whose low level at reset selects the ROM's download boot, per chip.
+BOOT_STRAP_PIN = {"esp32": 0, "esp32s2": 0, "esp32s3": 0,
+                  "esp32c2": 9, "esp32c3": 9, "esp32c6": 9, "esp32h2": 9}
+EN_SETTLE_S = 0.005   # EN's RC (10 kOhm, 1 uF on a DevKitC) before the strapping pins are read
+
+
+def boot_strap_pin(profile: dict | None) -> int:
+    chip = str((profile or {}).get("chip", "esp32")).lower().replace("-", "").replace("_", "")
+    return BOOT_STRAP_PIN.get(chip, 0)
 
 
 class Console:
@@ -28,6 +52,17 @@ class Console:
                                         name="console-out-" + badge.name)
         self._writer.start()
         self._closed = False
+        # modem lines (pyserial convention: True = asserted = low) and what they drive
+        self.dtr = False
+        self.rts = False
+        self.en_low = False           # EN held low by the auto-program circuit
+        self.boot_low = False         # BOOT strapping pin held low by it
+        self.held = False             # in reset, or waiting in the ROM's download mode
+        self.download_mode = False
+        self.line_log: list[tuple[bool, bool]] = []
+        self._lines_lock = threading.RLock()
+        self._en_timer: threading.Timer | None = None
+        self._en_token = 0
 
     # -- configuration -------------------------------------------------------------------------
     def throttle(self, bytes_per_s: float | None) -> None:
@@ -44,6 +79,80 @@ class Console:
     def disconnect_after(self, nbytes: int) -> None:
         """Drop the host after `nbytes` more bytes have been sent to it."""
         self._cut_after = nbytes
+
+    # -- modem lines: DTR/RTS through the DevKit auto-program circuit -------------------------------
+    def set_lines(self, dtr: bool | None = None, rts: bool | None = None) -> None:
+        """The host sets its bridge's DTR and/or RTS (both in one step when both are given, as
+        TIOCMSET does; None leaves a line as it is)."""
+        with self._lines_lock:
+            if dtr is not None:
+                self.dtr = bool(dtr)
+            if rts is not None:
+                self.rts = bool(rts)
+            self.line_log.append((self.dtr, self.rts))
+            en_low = self.rts and not self.dtr
+            boot_low = self.dtr and not self.rts
+            if boot_low != self.boot_low:
+                self.boot_low = boot_low
+                b = self.badge
+                b._do(b._drive, boot_strap_pin(b.profile), 0 if boot_low else None)
+            if en_low != self.en_low:
+                self.en_low = en_low
+                if self._en_timer is not None:
+                    self._en_timer.cancel()
+                    self._en_timer = None
+                self._en_token += 1
+                if en_low:
+                    self._enter_reset()
+                elif self.badge.fleet._driver_thread is threading.current_thread():
+                    # called in the simulation (an event at a virtual time): settle in virtual time
+                    self.badge.fleet.schedule(self.badge.fleet.clock() + EN_SETTLE_S,
+                                              self._leave_reset, self._en_token)
+                else:
+                    # a host thread toggling lines in wall-clock time
+                    self._en_timer = threading.Timer(EN_SETTLE_S, self._leave_reset,
+                                                     (self._en_token,))
+                    self._en_timer.daemon = True
+                    self._en_timer.start()
+
+    def modem(self) -> "ModemLines":
+        """A pyserial-like handle on the modem lines (setDTR/setRTS, .dtr/.rts) for esptool's
+        reset sequences (`esp_pylib.serial_reset.classic_bootloader_reset(console.modem())`)."""
+        return ModemLines(self)
+
+    def _enter_reset(self) -> None:
+        self.held = True
+        self.download_mode = False
+        self.clear_input()
+        if self.badge.powered:
+            self.badge.power_cut()
+
+    def _leave_reset(self, token: int) -> None:
+        with self._lines_lock:
+            if token != self._en_token or self.en_low or self._closed:
+                return      # EN went low again before the chip came out of reset
+            self._en_timer = None
+            chip = str(self.badge.profile.get("chip", "esp32"))
+            if self.boot_low:
+                self.download_mode = True
+                self._rom_write((b"rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/"
+                                 b"SDIO_REI_REO_V2))\r\n" if chip == "esp32" else
+                                 b"ESP-ROM:%s\r\nrst:0x1 (POWERON),boot:(DOWNLOAD(USB/UART0))\r\n"
+                                 % chip.encode()) + b"waiting for download\r\n")
+                return
+            self.download_mode = False
+            self.held = False
+            self._rom_write(b"ets Jul 29 2019 12:21:46\r\n\r\nrst:0x1 (POWERON_RESET),"
+                            b"boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n" if chip == "esp32" else
+                            b"ESP-ROM:%s\r\nrst:0x1 (POWERON),boot:0x8 (SPI_FAST_FLASH_BOOT)\r\n"
+                            % chip.encode())
+        self.badge.power_on()
+
+    def _rom_write(self, data: bytes) -> None:
+        """Output of the ROM (the badge's firmware is not running)."""
+        self.transcript += data
+        if self._endpoint is not None:
+            self._out.put(data)
 
     # -- badge side ------------------------------------------------------------------------------
     def has_input(self) -> bool:
@@ -72,6 +181,9 @@ class Console:
 
     # -- host side ---------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
+        if self.held:       # in reset or in the ROM's download mode: nobody reads the UART
+            self.rx_bytes += len(data)
+            return
         cpu = self.badge.cpu
         added = False
         intr = self.badge.kbd_intr_char
@@ -199,6 +311,8 @@ class Console:
 
     def close(self) -> None:
         self._closed = True
+        if self._en_timer is not None:
+            self._en_timer.cancel()
         self.disconnect()
         if self._server is not None:
             try:
@@ -235,4 +349,44 @@ class _PtyEndpoint:
         os.write(self.master, data)
 
     def close(self) -> None:
+        pass
+
+
+class ModemLines:
+    """pyserial's modem-line surface over a virtual console (what esptool's reset code uses)."""
+
+    def __init__(self, console: Console):
+        self._console = console
+        self.name = "sim:" + console.badge.name
+
+    @property
+    def dtr(self) -> bool:
+        return self._console.dtr
+
+    @dtr.setter
+    def dtr(self, value: bool) -> None:
+        self._console.set_lines(dtr=value)
+
+    @property
+    def rts(self) -> bool:
+        return self._console.rts
+
+    @rts.setter
+    def rts(self, value: bool) -> None:
+        self._console.set_lines(rts=value)
+
+    def setDTR(self, value: bool = True) -> None:  # noqa: N802 (pyserial name)
+        self._console.set_lines(dtr=value)
+
+    def setRTS(self, value: bool = True) -> None:  # noqa: N802 (pyserial name)
+        self._console.set_lines(rts=value)
+
+    def set_both(self, dtr: bool, rts: bool) -> None:
+        """Both lines in one step (what `set_dtr_rts`'s TIOCMSET does on a real port)."""
+        self._console.set_lines(dtr=dtr, rts=rts)
+
+    def isOpen(self) -> bool:  # noqa: N802 (pyserial name)
+        return True
+
+    def open(self) -> None:
         pass
