@@ -45,25 +45,46 @@ def firmware(tmp_path):
     return d
 
 
-class FakeESP:
-    def __init__(self, chip):
-        self.CHIP_NAME = chip
+def _chipsec_fakes():
+    """The fake ROM serial port of test_chipsec.py (esptool's real loader classes on it)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "tc_chipsec_fakes", Path(__file__).with_name("test_chipsec.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+FAKES = _chipsec_fakes()
+
+
+def real_loader(chip, encrypted=False):
+    """esptool's own ESP32ROM / ESP32C3ROM / ESP32S3ROM on a fake ROM serial port."""
+    if chip == "ESP32":
+        return FAKES.esp32(w0=(1 << 20) if encrypted else 0)[0]
+    from esptool.targets import ESP32C3ROM, ESP32S3ROM
+    cls = {"ESP32-C3": ESP32C3ROM, "ESP32-S3": ESP32S3ROM}[chip]
+    return FAKES.secinfo(cls, cnt=1 if encrypted else 0)[0]
 
 
 class RecordedEsptool:
-    """Records calls in the order and with the arguments of esptool.cmds' functions."""
+    """Records calls in the order and with the arguments of esptool.cmds' functions; the chip
+    it "detects" is esptool's real loader class for that chip on a fake ROM serial port."""
 
-    def __init__(self, chip="ESP32", fail_detect=None):
+    def __init__(self, chip="ESP32", fail_detect=None, encrypted=False):
         self.calls = []
         self.chip = chip
         self.fail_detect = fail_detect
+        self.encrypted = encrypted
 
     def detect_chip(self, port, baud=115200, connect_mode="default-reset",
                     trace_enabled=False, connect_attempts=7):
         self.calls.append(("detect_chip", port, baud, connect_attempts))
         if self.fail_detect:
             raise self.fail_detect
-        return FakeESP(self.chip)
+        return real_loader(self.chip, self.encrypted)
 
     def run_stub(self, esp, plugins=None):
         self.calls.append(("run_stub", esp.CHIP_NAME))
@@ -102,6 +123,7 @@ def test_fake_matches_real_esptool_api():
 
 
 def opts(boards, firmware, api, **kw):
+    kw.setdefault("log", lambda s: None)
     return flasher.FlashOptions(board=flasher.Board.load("devkit", boards),
                                 firmware_dir=firmware, esptool_api=api, **kw)
 
@@ -132,7 +154,7 @@ def test_esptool_no_erase_c3_offset(tmp_path, boards, firmware, monkeypatch):
     image = make_image(tmp_path / "c3.bin", chip="esp32c3")
     api = RecordedEsptool("ESP32-C3")
     o = flasher.FlashOptions(board=flasher.Board.load("c3", boards), image=image, erase=False,
-                             firmware_dir=firmware, esptool_api=api)
+                             firmware_dir=firmware, esptool_api=api, log=lambda s: None)
     run_esptool(flasher.esptool_steps(BadgePort("/dev/ttyACM0"), o))
     assert "erase_flash" not in [c[0] for c in api.calls]
     assert ("write_flash", [(0x0, str(image))]) in api.calls
@@ -199,3 +221,88 @@ def test_dry_run_errors_are_one_line(tmp_path, boards, firmware, capsys):
     rc = main(["flash", "--board", "nosuch", "--boards-dir", str(boards), "--skip-image",
                "--port", "socket://127.0.0.1:1", "--dry-run"])
     assert rc == 2 and "unknown board" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- chip security
+def test_security_state_is_read_and_printed(tmp_path, boards, firmware, monkeypatch):
+    monkeypatch.setattr(flasher.time, "sleep", lambda s: None)
+    said = []
+    api = RecordedEsptool("ESP32")
+    o = opts(boards, firmware, api, image=make_image(tmp_path / "mp.bin"), log=said.append)
+    run_esptool(flasher.esptool_steps(BadgePort("/dev/ttyUSB0"), o))
+    assert "write_flash" in [c[0] for c in api.calls]       # an open chip is flashed
+    assert any("flash encryption off" in s and "download mode open" in s for s in said), said
+    assert any("warning: no flash encryption" in s for s in said)
+    assert o.security["/dev/ttyUSB0"]["flash_encryption"] is False
+
+
+def test_require_secure_refuses_a_chip_without_flash_encryption(tmp_path, boards, firmware):
+    for chip, board in (("ESP32", "devkit"), ("ESP32-C3", "c3")):
+        api = RecordedEsptool(chip)
+        image = make_image(tmp_path / f"{board}.bin", chip=flasher.chip_key(chip))
+        o = flasher.FlashOptions(board=flasher.Board.load(board, boards), image=image,
+                                 firmware_dir=firmware, esptool_api=api, require_secure=True,
+                                 log=lambda s: None)
+        steps = flasher.esptool_steps(BadgePort("/dev/ttyUSB0"), o)
+        assert "refuse it without flash encryption" in steps[0].text
+        with pytest.raises(DeviceError, match="no flash encryption.*--require-secure.*nothing written"):
+            run_esptool(steps)
+        assert [c[0] for c in api.calls] == ["detect_chip"]   # no stub, no erase, no write
+
+
+def test_require_secure_flashes_an_encrypted_chip(tmp_path, boards, firmware, monkeypatch):
+    monkeypatch.setattr(flasher.time, "sleep", lambda s: None)
+    api = RecordedEsptool("ESP32", encrypted=True)
+    o = opts(boards, firmware, api, image=make_image(tmp_path / "mp.bin"), require_secure=True)
+    run_esptool(flasher.esptool_steps(BadgePort("/dev/ttyUSB0"), o))
+    assert "write_flash" in [c[0] for c in api.calls]
+
+
+def test_require_secure_with_skip_image_reads_the_chip_first(boards, firmware, monkeypatch):
+    monkeypatch.setattr(flasher.time, "sleep", lambda s: None)
+    api = RecordedEsptool("ESP32")
+    steps = flasher.esptool_steps(BadgePort("/dev/ttyUSB0"),
+                                  opts(boards, firmware, api, skip_image=True, require_secure=True))
+    assert len(steps) == 1 and "security state" in steps[0].text
+    with pytest.raises(DeviceError, match="no flash encryption"):
+        run_esptool(steps)
+    api = RecordedEsptool("ESP32", encrypted=True)
+    run_esptool(flasher.esptool_steps(BadgePort("/dev/ttyUSB0"),
+                                      opts(boards, firmware, api, skip_image=True,
+                                           require_secure=True)))
+    assert [c[0] for c in api.calls] == ["detect_chip", "reset_chip"]
+    # a virtual badge has no flash encryption at all
+    with pytest.raises(DeviceError, match="virtual badge has no flash encryption"):
+        flasher.esptool_steps(BadgePort("socket://127.0.0.1:9"),
+                              opts(boards, firmware, None, require_secure=True))
+
+
+# ---------------------------------------------------------------------------- provisioning
+class _FakeLink:
+    def __init__(self):
+        self.docs = []
+
+    def probe(self):
+        return {"id": "tc-0001", "provisioned": False, "fw": "0"}
+
+    def provision(self, doc):
+        self.docs.append(doc)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("lock", [True, False])
+def test_provisioning_document_locks_by_default(tmp_path, boards, firmware, lock):
+    from tracecode.station.db import Database
+
+    link = _FakeLink()
+    kw = {} if lock else {"lock": False}
+    o = opts(boards, firmware, None, skip_image=True, **kw)
+    with Database(tmp_path / "st.sqlite") as db:
+        steps = flasher.provision_steps(BadgePort("socket://127.0.0.1:9"), o, db,
+                                        {"link": link}, now=lambda: 1_700_000_000)
+        assert ("locked" if lock else "unlocked (developer mode") in steps[0].text
+        steps[0].run()
+    (doc,) = link.docs
+    assert doc["lock"] is lock and doc["id"] == "tc-0001" and doc["time"] == 1_700_000_000

@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,16 +95,23 @@ class FlashOptions:
     badge_id: str | None = None
     config: dict = field(default_factory=dict)
     reprovision: bool = False
+    lock: bool = True                         # provision a locked badge; False: developer mode
+    require_secure: bool = False              # refuse a chip without flash encryption
     baud: int = 460800
     esptool_api: object | None = None
     now: Callable[[], float] = time.time     # host clock given to the badge
+    log: Callable[[str], None] = field(default=lambda s: print(s, file=sys.stderr))
+    security: dict = field(default_factory=dict)   # port -> chip security state read
 
 
 # ---------------------------------------------------------------------------- esptool
 def esptool_steps(port: BadgePort, opts: FlashOptions) -> list[Step]:
     """Erase + write + verify the MicroPython image with esptool's Python API."""
+    if port.is_virtual and opts.require_secure:
+        raise DeviceError(f"{port.device}: a virtual badge has no flash encryption: "
+                          "--require-secure refuses it, nothing written")
     if opts.skip_image:
-        return []
+        return [security_step(port, opts)] if opts.require_secure else []
     if port.is_virtual:
         return [Step("esptool", f"skip image on {port.device}: a virtual badge has no ROM "
                                 "bootloader (install and provision only)")]
@@ -136,7 +144,11 @@ def esptool_steps(port: BadgePort, opts: FlashOptions) -> list[Step]:
             _safe_close(esp)
             raise DeviceError(f"{port.device}: wrong chip for the image: found {found}, "
                               f"board {opts.board.name} needs {opts.board.chip}")
-        state["esp"] = api().run_stub(esp)
+        check_security(port, opts, esp, state)
+        if getattr(esp, "secure_download_mode", False):
+            state["esp"] = esp   # the ROM in secure download mode runs no stub
+        else:
+            state["esp"] = api().run_stub(esp)
         if opts.baud and opts.baud != 115200 and hasattr(state["esp"], "change_baud"):
             state["esp"].change_baud(opts.baud)
         api().attach_flash(state["esp"])
@@ -159,6 +171,8 @@ def esptool_steps(port: BadgePort, opts: FlashOptions) -> list[Step]:
         time.sleep(1.5)   # MicroPython's first boot creates its file system
 
     steps = [Step("esptool", f"detect chip on {port.device} (expect {opts.board.chip}), "
+                             f"read its security state (flash encryption, secure boot, "
+                             f"download mode{'; refuse it without flash encryption' if opts.require_secure else ''}), "
                              f"load stub, attach flash", connect)]
     if opts.erase:
         steps.append(Step("esptool", "erase flash",
@@ -170,6 +184,57 @@ def esptool_steps(port: BadgePort, opts: FlashOptions) -> list[Step]:
                       guarded(lambda: api().verify_flash(state["esp"], [(off, str(image))]))))
     steps.append(Step("esptool", "hard reset into MicroPython", guarded(close)))
     return steps
+
+
+def check_security(port: BadgePort, opts: FlashOptions, esp, state: dict) -> None:
+    """Read the chip's security state (chipsec), print it, and with --require-secure refuse a
+    chip without flash encryption before anything is written."""
+    from .chipsec import read_security
+
+    try:
+        sec = read_security(esp)
+    except Exception as exc:
+        if opts.require_secure:
+            _safe_close(esp)
+            raise DeviceError(f"{port.device}: cannot read the chip's security state "
+                              f"({_short(exc)}); --require-secure refuses it, nothing written") from None
+        opts.log(f"{port.device}: chip security state not read ({_short(exc)})")
+        return
+    state["security"] = sec
+    opts.security[port.device] = sec.as_dict()
+    opts.log(f"{port.device}: {sec.summary()}")
+    if opts.require_secure and not sec.flash_encryption:
+        _safe_close(esp)
+        raise DeviceError(
+            f"{port.device}: chip has no flash encryption (crypt count "
+            f"{sec.flash_crypt_cnt:#x}): --require-secure refuses it, nothing written",
+            hint="enable flash encryption (release mode) and secure boot v2 first; "
+                 "see docs/station.md, \"What a physical attacker gets\"")
+    for what in sec.missing():
+        opts.log(f"{port.device}: warning: no {what}")
+
+
+def security_step(port: BadgePort, opts: FlashOptions) -> Step:
+    """--skip-image --require-secure: connect esptool only to read the security state."""
+    def run():
+        if opts.esptool_api is None:
+            import esptool.cmds as cmds
+            opts.esptool_api = cmds
+        api = opts.esptool_api
+        try:
+            esp = api.detect_chip(port.device, baud=115200, connect_attempts=3)
+        except Exception as exc:
+            raise DeviceError(f"{port.device}: no chip answers ({_short(exc)})",
+                              hint="hold BOOT while pressing EN/RESET, or check the cable") from None
+        check_security(port, opts, esp, {})
+        try:
+            api.reset_chip(esp, "hard-reset")
+        finally:
+            _safe_close(esp)
+        time.sleep(1.5)
+
+    return Step("esptool", f"read the security state of the chip on {port.device} (esptool); "
+                           "refuse it without flash encryption; hard reset", run)
 
 
 def _short(exc: BaseException) -> str:
@@ -349,7 +414,9 @@ def provision_steps(port: BadgePort, opts: FlashOptions, db: Database, link_box:
                     now: Callable[[], float] = time.time) -> list[Step]:
     desc = (f"provision: id={opts.badge_id or '<badge default>'}, board={opts.board.name}, "
             f"time=<host clock>, config={json.dumps(opts.config)}, pairing secret=<32 random "
-            f"bytes, stored in {db.path}>")
+            f"bytes, stored in {db.path}>, "
+            + ("locked (framed protocol only)" if opts.lock else
+               "unlocked (developer mode: raw REPL stays open)"))
 
     def run():
         link: BadgeLink = link_box["link"]
@@ -368,7 +435,8 @@ def provision_steps(port: BadgePort, opts: FlashOptions, db: Database, link_box:
                     hint="pass --reprovision to wipe its pairing, keys and log")
         secret = known if known is not None and bid == hello.get("id") else os.urandom(32)
         doc = {"id": bid, "board": opts.board.name, "secret": secret.hex(),
-               "time": int(now()), "config": opts.config, "profile": opts.board.profile}
+               "time": int(now()), "config": opts.config, "profile": opts.board.profile,
+               "lock": bool(opts.lock)}
         # The database learns the secret first: a badge never holds a secret we lost.
         db.add_badge(bid, opts.board.name, secret, fw_version=hello.get("fw"), port=port.device)
         try:
