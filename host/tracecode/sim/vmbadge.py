@@ -26,6 +26,7 @@ import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,10 @@ HEAP_FACTOR_64BIT = 1.7              # measured: 64-bit / 32-bit allocation of t
 RUNTIME_OVERHEAD = 48 * 1024         # our in-VM hardware modules (C on a chip)
 DEFAULT_HEAP = int(ESP32_HEAP_32BIT * HEAP_FACTOR_64BIT) + RUNTIME_OVERHEAD
 EVENTS_PER_ANSWER = 8
+TIMERS = 4                           # machine.Timer ids 0-3 (the ESP32's hardware timers)
+# The answer header (mpvm/_vmcore.py): seq u32, ms since boot u48, RTC ms u48, RTC set u8,
+# timer expiries 4 x u8, 3 spare bytes, payload length u32, 4 spare bytes (32 in all)
+_HDR = struct.Struct("<I6s6sB4s3xI4x")
 
 _MACHINES = {"esp32": "Generic ESP32 module with ESP32", "esp32s3": "ESP32S3 module with ESP32S3",
              "esp32c3": "ESP32C3 module with ESP32C3"}
@@ -246,6 +251,8 @@ class VMBadge:
         self._sockdir = tempfile.mkdtemp(prefix="tcvm")
         self._sockpath = os.path.join(self._sockdir, "c")
         self._events: list = []
+        self._tmr_fired = [0] * TIMERS        # expiries not yet told to the VM
+        self._tmr_ev: list = [None] * TIMERS  # the next expiry of each armed timer
         self._wake = False
         self._input = False
         self._lock = threading.Lock()
@@ -380,6 +387,7 @@ class VMBadge:
         self.flash.cut_after = n
 
     def _off(self) -> None:
+        self._cancel_timers()
         self.radio.power_off()
         self.powered = False
         self.nvs_pending.clear()
@@ -416,6 +424,36 @@ class VMBadge:
     def _wdt_fire(self) -> None:
         self._wdt_ev = None
         self._reset_req = 3
+        self._wake_cpu()
+
+    # -- machine.Timer: expiries on the fleet's clock, callbacks run in the VM ------------------
+    def _cancel_timers(self) -> None:
+        for i, ev in enumerate(self._tmr_ev):
+            if ev is not None:
+                ev.cancel()
+            self._tmr_ev[i] = None
+            self._tmr_fired[i] = 0
+
+    def _timer(self, tid: int, mode: int | None, period_ms: int = 0) -> None:
+        ev = self._tmr_ev[tid]
+        if ev is not None:
+            ev.cancel()
+        self._tmr_ev[tid] = None
+        self._tmr_fired[tid] = 0
+        if mode is None:
+            return
+        period = max(1, int(period_ms)) / 1000.0
+        self._tmr_ev[tid] = self.fleet.schedule(self.fleet.clock() + period, self._timer_fire,
+                                                tid, bool(mode), period)
+
+    def _timer_fire(self, tid: int, periodic: bool, period: float) -> None:
+        self._tmr_ev[tid] = None
+        if not self.powered:
+            return
+        if periodic:
+            self._tmr_ev[tid] = self.fleet.schedule(self.fleet.clock() + period, self._timer_fire,
+                                                    tid, periodic, period)
+        self._tmr_fired[tid] = min(255, self._tmr_fired[tid] + 1)
         self._wake_cpu()
 
     # -- console ----------------------------------------------------------------------------
@@ -512,6 +550,7 @@ class VMBadge:
             if level is not None:
                 self._events.append(["pin", pin, level])
         self._reset_req = None
+        self._cancel_timers()
         self._disarm_wdt()
         self.wdt_timeout = None
         try:
@@ -563,10 +602,14 @@ class VMBadge:
         # The rest wait for the next call, which is answered at once while any are pending.
         ev = self._events[:EVENTS_PER_ANSWER]
         del self._events[:EVENTS_PER_ANSWER]
-        msg = {"q": q, "t": int((now - self.boot_t) * 1000 + 1e-6), "r": r, "e": ev}
-        if v is not None:
-            msg["v"] = v
-        conn.sendall(json.dumps(msg).encode() + b"\n")
+        payload = b""
+        if ev or v is not None:
+            payload = json.dumps({"e": ev, "v": v}).encode()
+        tm = bytes(min(255, n) for n in self._tmr_fired)
+        self._tmr_fired = [0] * TIMERS
+        t = max(0, int((now - self.boot_t) * 1000 + 1e-6))
+        conn.sendall(_HDR.pack(q, t.to_bytes(6, "little"), (r if r is not None and r > 0 else 0).to_bytes(6, "little"),
+                               0 if r is None else 1, tm, len(payload)) + payload)
 
     def _serve(self, conn: socket.socket, rf, proc: subprocess.Popen) -> int | None:
         cpu = self.cpu
@@ -579,9 +622,14 @@ class VMBadge:
                 proc.wait()
                 self.exit_log.append("the VM exited (%s)" % proc.returncode)
                 return None
-            msg = json.loads(line)
             if _DEBUG:
                 sys.stderr.write("vm %s %.3f <- %s\n" % (self.name, self.fleet.clock(), line[:200]))
+            if line[:1] == b"W":
+                # the allocation-free wait: "W <seq> <until ms|-> <input 0|1>"
+                f = line.split()
+                msg = [int(f[1]), "w", None if f[2] == b"-" else int(f[2]), int(f[3])]
+            else:
+                msg = json.loads(line)
             if isinstance(msg[0], str):
                 r = self._note(msg)
                 if r is not None:
@@ -591,7 +639,7 @@ class VMBadge:
             if op == "w":
                 until = None if msg[2] is None else self.boot_t + msg[2] / 1000.0
                 self._wake = False
-                if not self._events:
+                if not self._events and not any(self._tmr_fired):
                     cpu.wait(until, for_input=bool(msg[3]),
                              flag=lambda: self._wake or bool(self._events) or self._reset_req is not None)
                 if self._reset_req is not None:
@@ -664,6 +712,8 @@ class VMBadge:
                     radio.stop_scan()
             else:
                 radio.start_scan(int(a[0]), int(a[1]), int(a[2]), bool(a[3]))
+        elif op == "timer":
+            self._timer(int(a[0]), a[1], a[2] if len(a) > 2 else 0)
         elif op == "rtc":
             self.rtc_set(a[0] / 1000.0)
         elif op == "rtcmem":

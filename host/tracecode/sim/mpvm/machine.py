@@ -198,20 +198,65 @@ class WDT:
         _vm.call(["wdt", int(timeout)])
 
     def feed(self):
-        _vm.send(["wdtf"])
+        _vm.send_raw(_WDTF)   # no allocation: a feed is not activity (watch.py)
+
+
+_WDTF = b'["wdtf"]\n'
 
 
 class Timer:
+    # The ESP32's hardware timers 0-3. Expiries come from the host on the fleet's clock; the
+    # callback is soft (scheduled, as the ESP32 port does): it runs when the VM next waits,
+    # with the Timer as its argument. A new boot starts with every timer stopped.
     ONE_SHOT = const(0)
     PERIODIC = const(1)
 
-    def __init__(self, id, **kw):
+    def __init__(self, id, *a, **kw):
+        if not isinstance(id, int) or not 0 <= id < 4:
+            raise ValueError("invalid Timer number")
         self._id = id
-        if kw:
-            self.init(**kw)
+        self._cb = None
+        self._mode = 1
+        if a or kw:
+            self.init(*a, **kw)
 
-    def init(self, *, mode=1, period=-1, freq=-1, callback=None):
-        raise OSError(95)   # not simulated: the firmware uses asyncio
+    def init(self, *, mode=1, callback=None, period=-1, tick_hz=1000, freq=None):
+        if freq is not None:
+            f = float(freq)
+            if f <= 0:
+                raise ValueError("invalid freq")
+            ms = int(1000 / f + 0.5)
+        elif period is None or period < 0:
+            ms = 0xFFFFFFFF   # the chip's default: practically never
+        else:
+            ms = int(period) * 1000 // int(tick_hz)
+        if ms < 1:
+            ms = 1
+        self._cb = callback
+        self._mode = 1 if mode else 0
+        _vm.timers[self._id] = self
+        _vm.call(["timer", self._id, self._mode, ms])
 
     def deinit(self):
-        pass
+        if _vm.timers[self._id] is self:
+            _vm.timers[self._id] = None
+            _vm.call(["timer", self._id, None])
+        self._cb = None
+
+    def _fire(self):
+        if self._mode == 0 and _vm.timers[self._id] is self:
+            _vm.timers[self._id] = None
+        cb = self._cb
+        if cb is None:
+            return
+        try:
+            cb(self)
+        except Exception as e:
+            import sys
+            sys.print_exception(e)
+
+    def value(self):
+        return 0
+
+    def __repr__(self):
+        return "Timer(%d; alarm_en=%d, auto_reload=%d)" % (self._id, 1 if self._cb else 0, self._mode)

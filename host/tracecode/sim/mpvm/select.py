@@ -41,6 +41,12 @@ class poll:
         until = None if timeout is None or timeout < 0 else _vm.now_ms() + timeout
         while True:
             _vm.dispatch()
+            if not self._in:
+                # nothing registered (asyncio idle between sleeps): no allocation
+                if until is not None and _vm.now_ms() >= until:
+                    return ()
+                _vm.wait(until, False)
+                continue
             res = [(o, e) for o, e in self._p.ipoll(0, flags)]
             if res:
                 return res

@@ -85,11 +85,22 @@ def _kbd(on):
             pass
 
 
+_inpoll = _real_poll()
+_inpoll.register(_stdin, select.POLLIN)
+
+
+def _ready():
+    # console input waiting? (ipoll iterates in place: no list on the heap)
+    for _ in _inpoll.ipoll(0):
+        return True
+    return False
+
+
 def _getc():
-    p = _real_poll()
-    p.register(_stdin, select.POLLIN)
+    # Idle at the REPL: nothing is allocated until input arrives (the resume watch reads an
+    # unchanged gc.mem_alloc() as an idle REPL), timer callbacks run meanwhile.
     while True:
-        if p.poll(0):
+        if _ready():
             return _stdin.read(1)[0]
         _vm.wait(None, True)
 
