@@ -30,6 +30,25 @@ GENERIC_PROFILE = {
 }
 
 
+# Strapping (boot-mode) pins per chip: their level at reset selects how the chip boots, and
+# the DevKits' auto-program circuit drives GPIO0/GPIO9 from the USB bridge, so a consent
+# button on one of them is refused (hostproto EXPORT answers "no-consent").
+STRAPPING_PINS = {
+    "esp32": (0, 2, 5, 12, 15),
+    "esp32c3": (2, 8, 9),
+    "esp32s3": (0, 3, 45, 46),
+}
+
+
+def strapping_pin(profile, pin):
+    # True when `pin` is a strapping pin of the profile's chip (unknown chips: the ESP32's).
+    chip = str(profile.get("chip") or "esp32").lower().replace("-", "").replace("_", "")
+    pins = STRAPPING_PINS.get(chip)
+    if pins is None:
+        pins = STRAPPING_PINS["esp32"]
+    return pin in pins
+
+
 def ensure_dirs(root):
     fsutil.mkdir(root + "/tc")
     fsutil.mkdir(root + "/log")

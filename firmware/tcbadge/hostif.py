@@ -1,8 +1,12 @@
-# Host interface (docs/hostif.md): the host calls these methods through the raw REPL; each
-# prints exactly one line, a JSON object or a base64 line, and never raises. Only hello,
-# auth, status and (unprovisioned) provision work before authentication.
-# Authentication is bound to one session: one Host object, after its latest hello(). It dies
-# when any newer session starts (a new Host object or any hello(): a class-level counter)
+# Host interface (docs/hostif.md). The logic lives in `Core`: each method returns its result
+# (a dict, or bytes for `read`) or raises (HostError with a code, ValueError/TypeError/KeyError
+# for bad input, OSError for flash errors). Two front ends use it:
+# - `Host`, version 1: the host calls its methods through the raw REPL; each prints exactly
+#   one line, a JSON object or a base64 line, and never raises. Only hello, auth, status and
+#   (unprovisioned) provision work before authentication.
+# - `hostproto.Server`, version 2 (locked mode): framed requests on the serial port.
+# v1 authentication is bound to one session: one Host object, after its latest hello(). It
+# dies when any newer session starts (a new Host object or any hello(): a class-level counter)
 # and after _AUTH_IDLE_MS without an authenticated call, so a session left behind by an
 # unplugged host (the REPL globals survive without a soft reset) is of no use to the next.
 import binascii
@@ -24,6 +28,15 @@ _POLL_MS = const(20)
 _AUTH_IDLE_MS = const(10000)  # below the resume watch's REPL idle reset (watch.py, 15 s)
 _FILE_GAP_S = const(60)  # clock.bin resume window: the app saves its heartbeat within it
 _TICK_SLACK_S = const(5)  # one supervisor tick of lateness
+LOCK_PATH = "/tc/locked"
+
+
+class HostError(Exception):
+    # A refusal with a protocol error code ("auth", "clock", "no-consent", "locked", ...).
+    def __init__(self, code, msg):
+        Exception.__init__(self, msg)
+        self.code = code
+        self.msg = msg
 
 
 def _out(obj):
@@ -35,7 +48,7 @@ def _err(code, msg):
     _out({"error": code, "msg": msg})
 
 
-def _same(a, b):
+def same(a, b):
     # Constant-time comparison of two byte strings.
     if len(a) != len(b):
         return False
@@ -45,113 +58,66 @@ def _same(a, b):
     return r == 0
 
 
+_same = same
+
+
 def _obj(js):
     if isinstance(js, dict):
         return js
     return json.loads(js)
 
 
-class Host:
-    _session = 0  # the newest session; older Host objects lose their authentication
+def is_locked(root=""):
+    return fsutil.exists(root + LOCK_PATH)
 
-    def __init__(self, root=""):
+
+def error_reply(e):
+    # (code, msg) of an exception raised by a Core method; never a key or the secret.
+    if isinstance(e, HostError):
+        return e.code, e.msg
+    if isinstance(e, (ValueError, TypeError, KeyError)):
+        return "input", str(e)
+    if isinstance(e, OSError):
+        return "os", "flash error %s" % (e.args[0] if e.args else "")
+    return "internal", type(e).__name__
+
+
+class Core:
+    # What a host may ask of a badge, without the session rules. In the running app (locked
+    # mode) it works on the app's own clock, log and health objects (app=...); a v1 session,
+    # which interrupted the app, makes its own.
+    def __init__(self, root="", app=None):
         self.root = root
-        self._nonce = None
-        self._authed = False
-        self._auth_t = 0
-        self._sid = self._new_session()
+        self.app = app
         config.ensure_dirs(root)
-        self.prov = config.Provisioning(root)
-        self.clock = clock.Clock(root)
-
-    @staticmethod
-    def _new_session():
-        Host._session = (Host._session + 1) & 0x3FFFFFFF
-        return Host._session
-
-    def _grant(self):
-        self._authed = True
-        self._auth_t = time.ticks_ms()
-
-    def _is_authed(self):
-        if not self._authed:
-            return False
-        if self._sid != Host._session or time.ticks_diff(time.ticks_ms(), self._auth_t) > _AUTH_IDLE_MS:
-            self._authed = False  # for good: a new hello() and auth() are needed
-            return False
-        return True
+        if app is not None:
+            self.prov = app.prov
+            self.clock = app.clock
+        else:
+            self.prov = config.Provisioning(root)
+            self.clock = clock.Clock(root)
 
     def _log(self):
+        if self.app is not None:
+            return self.app.log
         # The host interface reads, acknowledges and flushes; it never holds open records, so
         # its log object takes one open slot, not the app's table (~4.6 KB in one piece,
         # which a heap fragmented by hours of tracing may not have when a host breaks in).
         return enlog.EncounterLog(self.root, open_max=1)
 
-    def _call(self, fn, need_auth, args, kw):
-        # Every public method takes any arguments and comes here: a wrong number or kind of
-        # argument is one "input" error line like any other bad input, never a traceback.
-        if need_auth:
-            if not self._is_authed():
-                _err("auth", "authenticate first")
-                return
-            self._auth_t = time.ticks_ms()
-        tcbadge.RUN["host_busy"] = 1  # the resume watch (watch.py) never cuts a call short
-        try:
-            fn(*args, **kw)
-        except (ValueError, TypeError, KeyError) as e:
-            _err("input", str(e))
-        except OSError as e:
-            _err("os", "flash error %s" % (e.args[0] if e.args else ""))
-        except Exception as e:
-            _err("internal", type(e).__name__)
-        finally:
-            tcbadge.RUN["host_busy"] = 0
-            t = tcbadge.RUN["host_t"] = time.ticks_ms()
-            if need_auth and self._authed:
-                self._auth_t = t  # the idle time counts from the end of a (long) call
+    def _health(self):
+        if self.app is not None:
+            return self.app.health
+        return health.Health(self.prov.profile(), self.root)
 
-    # -- no authentication
-    def hello(self, *a, **kw):
-        self._call(self._hello, False, a, kw)
+    def info(self):
+        return {"id": self.prov.badge_id(), "fw": tcbadge.VERSION,
+                "board": self.prov.profile().get("name", "generic-esp32"),
+                "provisioned": self.prov.provisioned()}
 
-    def _hello(self):
-        # A new session: this object's earlier authentication and every other Host's end.
-        self._authed = False
-        self._sid = self._new_session()
-        self._nonce = os.urandom(16)
-        _out({"proto": PROTO, "fw": tcbadge.VERSION, "id": self.prov.badge_id(),
-              "board": self.prov.profile().get("name", "generic-esp32"),
-              "provisioned": self.prov.provisioned(),
-              "nonce": binascii.hexlify(self._nonce).decode()})
-
-    def auth(self, *a, **kw):
-        self._call(self._auth, False, a, kw)
-
-    def _auth(self, mac_hex):
-        secret = self.prov.secret()
-        nonce = self._nonce
-        self._nonce = None  # one attempt per nonce
-        if secret is None or nonce is None:
-            _err("auth", "no pairing secret or no nonce (call hello first)")
-            return
-        want = crypto.hmac_sha256(secret, b"tc-auth-v1" + nonce + self.prov.badge_id().encode())
-        try:
-            got = binascii.unhexlify(mac_hex)
-        except ValueError:
-            got = b""
-        if _same(want, got) and self._sid == Host._session:
-            self._grant()
-            _out({"ok": True})
-        else:
-            _err("auth", "wrong MAC")
-
-    def provision(self, *a, **kw):
-        if self.prov.provisioned() and not self._is_authed():
-            _err("auth", "already provisioned; authenticate first")
-            return
-        self._call(self._provision, False, a, kw)
-
-    def _provision(self, js):
+    def provision(self, js, locked=False):
+        # `locked`: the caller is a locked badge's protocol server (version 2), where the lock
+        # is lifted by UNLOCK only.
         d = _obj(js)
         bid = d.get("id")
         if not isinstance(bid, str) or not 0 < len(bid) <= 40:
@@ -168,18 +134,20 @@ class Host:
         t = d.get("time")
         if t is not None and (not isinstance(t, int) or t < 1577836800):
             raise ValueError("time must be Unix seconds")
+        lock = d.get("lock", None)
+        if lock is not None and not isinstance(lock, bool):
+            raise ValueError("lock must be true or false")
+        if lock is False and locked:
+            raise HostError("locked", "a locked badge is unlocked with UNLOCK")
         self.prov.data = {"id": bid, "board": d.get("board") or profile.get("name", ""),
                           "secret": binascii.hexlify(secret).decode(), "config": cfg,
                           "profile": profile}
         self.prov.save()
         if t is not None:
             self.clock.set(t)
-        self._sid = self._new_session()  # sessions opened before this secret existed end
-        self._grant()
-        _out({"ok": True})
-
-    def status(self, *a, **kw):
-        self._call(self._status, False, a, kw)
+        if lock:
+            fsutil.write_atomic(self.root + LOCK_PATH, "1")
+        return {"ok": True}
 
     def _battery(self):
         b = self.prov.profile().get("battery")
@@ -230,50 +198,40 @@ class Host:
                 return True, "heartbeat"
         return False, "stopped"
 
-    def _status(self):
+    def status(self):
         log = self._log()
         mv, pct = self._battery()
         free, total = fsutil.free_bytes(self.root + "/")
         running, app = self._running()
-        hl = health.Health(self.prov.profile(), self.root)
+        code = self._health().code
         s = log.summary()
         stats = tcbadge.RUN.get("stats")
-        _out({"id": self.prov.badge_id(), "fw": tcbadge.VERSION, "time": self.clock.now(),
-              "clock": self.clock.state, "battery_mv": mv, "battery_pct": pct,
-              "flash_free": free, "flash_total": total, "health": hl.code,
-              "running": running, "app": app, "radio": tcbadge.RUN.get("radio"),
-              "provisioned": self.prov.provisioned(),
-              "stats": stats() if stats is not None else None,
-              "log": {"days": s["days"], "records": s["records"], "first": s["first"],
-                      "last": s["last"], "unacked_bytes": s["unacked_bytes"],
-                      "cut_bytes": log.cut_bytes, "generation": "%08x" % s["generation"]}})
+        return {"id": self.prov.badge_id(), "fw": tcbadge.VERSION, "time": self.clock.now(),
+                "clock": self.clock.state, "battery_mv": mv, "battery_pct": pct,
+                "flash_free": free, "flash_total": total, "health": code,
+                "running": running, "app": app, "radio": tcbadge.RUN.get("radio"),
+                "provisioned": self.prov.provisioned(),
+                "stats": stats() if stats is not None else None,
+                "log": {"days": s["days"], "records": s["records"], "first": s["first"],
+                        "last": s["last"], "unacked_bytes": s["unacked_bytes"],
+                        "cut_bytes": log.cut_bytes, "generation": "%08x" % s["generation"]}}
 
-    # -- authenticated
-    def set_time(self, *a, **kw):
-        self._call(self._set_time, True, a, kw)
-
-    def _set_time(self, unix):
+    def set_time(self, unix):
         if not isinstance(unix, int) or unix < 1577836800:
             raise ValueError("time must be Unix seconds")
         drift = self.clock.set(unix)
-        _out({"ok": True, "drift_s": drift})
+        return {"ok": True, "drift_s": drift}
 
-    def segments(self, *a, **kw):
-        self._call(self._segments, True, a, kw)
-
-    def _segments(self):
+    def segments(self):
         out = []
         log = self._log()
         for day, size, acked in log.segments():
             v, gen = log.info(day)  # format version; generation (v2), a new one per file
             out.append({"day": day, "size": size, "acked": acked, "v": v,
                         "gen": "%08x" % gen if v == 2 else None})
-        _out({"segments": out})
+        return {"segments": out}
 
-    def read(self, *a, **kw):
-        self._call(self._read, True, a, kw)
-
-    def _read(self, day, off, n):
+    def read(self, day, off, n):
         if not isinstance(day, int) or not isinstance(off, int) or not isinstance(n, int):
             raise ValueError("day, off and n must be integers")
         if off < 0 or n < 0:
@@ -285,23 +243,16 @@ class Host:
             n = _MAX_READ
         with open(p, "rb") as f:
             f.seek(off)
-            data = f.read(n)
-        # b2a_base64 ends with a newline: the one line this call prints.
-        sys.stdout.write(binascii.b2a_base64(data).decode())
+            return f.read(n)
 
-    def ack(self, *a, **kw):
-        self._call(self._ack, True, a, kw)
-
-    def _ack(self, day, off):
+    def ack(self, day, off):
         if not isinstance(day, int) or not isinstance(off, int):
             raise ValueError("day and off must be integers")
         deleted = self._log().ack(day, off, self.clock.now() // 86400 if self.clock.is_set() else day + 1)
-        _out({"ok": True, "deleted": deleted})
+        return {"ok": True, "deleted": deleted}
 
-    def export_keys(self, *a, **kw):
-        self._call(self._export_keys, True, a, kw)
-
-    def _button(self):
+    def button(self):
+        # (machine.Pin, active level) of the consent button, (None, 0) without one.
         b = self.prov.profile().get("button")
         if not b:
             return None, 0
@@ -316,18 +267,159 @@ class Host:
             pin = machine.Pin(b["pin"], machine.Pin.IN)
         return pin, b.get("active", 0)
 
-    def _export_keys(self, wait_ms=30000):
+    def export_wait_ms(self, wait_ms):
+        # The checks before waiting for consent; returns the capped wait.
         if not isinstance(wait_ms, int) or wait_ms < 0:
             raise ValueError("wait_ms must be a non-negative integer")
         if wait_ms > _MAX_WAIT_MS:
             wait_ms = _MAX_WAIT_MS
         if not self.clock.is_set():
-            _err("clock", "clock not set")
+            raise HostError("clock", "clock not set")
+        return wait_ms
+
+    def keys(self):
+        ks = keystore.KeyStore(self.root)
+        keys = []
+        for rsin, tek, period in ks.export(self.clock.now() // 600):
+            keys.append({"key_data": binascii.hexlify(tek).decode(),
+                         "rolling_start_interval_number": rsin, "rolling_period": period})
+        return {"keys": keys}
+
+    def set_health(self, code):
+        self._health().set(code)
+        return {"ok": True}
+
+    def configure(self, js):
+        changes = _obj(js)
+        cfg = config.validate(changes, self.prov.config())
+        self.prov.data["config"] = cfg
+        self.prov.save()
+        return {"ok": True, "config": cfg}
+
+
+class Host:
+    _session = 0  # the newest session; older Host objects lose their authentication
+
+    def __init__(self, root=""):
+        self.root = root
+        self._nonce = None
+        self._authed = False
+        self._auth_t = 0
+        self._sid = self._new_session()
+        self.core = Core(root)
+        self.prov = self.core.prov
+        self.clock = self.core.clock
+
+    @staticmethod
+    def _new_session():
+        Host._session = (Host._session + 1) & 0x3FFFFFFF
+        return Host._session
+
+    def _grant(self):
+        self._authed = True
+        self._auth_t = time.ticks_ms()
+
+    def _is_authed(self):
+        if not self._authed:
+            return False
+        if self._sid != Host._session or time.ticks_diff(time.ticks_ms(), self._auth_t) > _AUTH_IDLE_MS:
+            self._authed = False  # for good: a new hello() and auth() are needed
+            return False
+        return True
+
+    def _call(self, fn, need_auth, args, kw):
+        # Every public method takes any arguments and comes here: a wrong number or kind of
+        # argument is one "input" error line like any other bad input, never a traceback.
+        if need_auth:
+            if not self._is_authed():
+                _err("auth", "authenticate first")
+                return
+            self._auth_t = time.ticks_ms()
+        tcbadge.RUN["host_busy"] = 1  # the resume watch (watch.py) never cuts a call short
+        try:
+            r = fn(*args, **kw)
+            if isinstance(r, dict):
+                _out(r)
+            elif r is not None:
+                # b2a_base64 ends with a newline: the one line `read` prints.
+                sys.stdout.write(binascii.b2a_base64(r).decode())
+        except Exception as e:
+            code, msg = error_reply(e)
+            _err(code, msg)
+        finally:
+            tcbadge.RUN["host_busy"] = 0
+            t = tcbadge.RUN["host_t"] = time.ticks_ms()
+            if need_auth and self._authed:
+                self._auth_t = t  # the idle time counts from the end of a (long) call
+
+    # -- no authentication
+    def hello(self, *a, **kw):
+        self._call(self._hello, False, a, kw)
+
+    def _hello(self):
+        # A new session: this object's earlier authentication and every other Host's end.
+        self._authed = False
+        self._sid = self._new_session()
+        self._nonce = os.urandom(16)
+        i = self.core.info()
+        return {"proto": PROTO, "fw": i["fw"], "id": i["id"], "board": i["board"],
+                "provisioned": i["provisioned"], "nonce": binascii.hexlify(self._nonce).decode()}
+
+    def auth(self, *a, **kw):
+        self._call(self._auth, False, a, kw)
+
+    def _auth(self, mac_hex):
+        secret = self.prov.secret()
+        nonce = self._nonce
+        self._nonce = None  # one attempt per nonce
+        if secret is None or nonce is None:
+            raise HostError("auth", "no pairing secret or no nonce (call hello first)")
+        want = crypto.hmac_sha256(secret, b"tc-auth-v1" + nonce + self.prov.badge_id().encode())
+        try:
+            got = binascii.unhexlify(mac_hex)
+        except ValueError:
+            got = b""
+        if same(want, got) and self._sid == Host._session:
+            self._grant()
+            return {"ok": True}
+        raise HostError("auth", "wrong MAC")
+
+    def provision(self, *a, **kw):
+        if self.prov.provisioned() and not self._is_authed():
+            _err("auth", "already provisioned; authenticate first")
             return
-        pin, active = self._button()
+        self._call(self._provision, False, a, kw)
+
+    def _provision(self, js):
+        r = self.core.provision(js)
+        self._sid = self._new_session()  # sessions opened before this secret existed end
+        self._grant()
+        return r
+
+    def status(self, *a, **kw):
+        self._call(self.core.status, False, a, kw)
+
+    # -- authenticated
+    def set_time(self, *a, **kw):
+        self._call(self.core.set_time, True, a, kw)
+
+    def segments(self, *a, **kw):
+        self._call(self.core.segments, True, a, kw)
+
+    def read(self, *a, **kw):
+        self._call(self.core.read, True, a, kw)
+
+    def ack(self, *a, **kw):
+        self._call(self.core.ack, True, a, kw)
+
+    def export_keys(self, *a, **kw):
+        self._call(self._export_keys, True, a, kw)
+
+    def _export_keys(self, wait_ms=30000):
+        wait_ms = self.core.export_wait_ms(wait_ms)
+        pin, active = self.core.button()
         if pin is None:
-            _err("no-consent", "board has no button")
-            return
+            raise HostError("no-consent", "board has no button")
         hl = health.Health(self.prov.profile(), self.root)
         pressed = False
         start = time.ticks_ms()
@@ -342,28 +434,11 @@ class Host:
             time.sleep_ms(_POLL_MS)
         hl.show()
         if not pressed:
-            _err("no-consent", "button not pressed within %d ms" % wait_ms)
-            return
-        ks = keystore.KeyStore(self.root)
-        keys = []
-        for rsin, tek, period in ks.export(self.clock.now() // 600):
-            keys.append({"key_data": binascii.hexlify(tek).decode(),
-                         "rolling_start_interval_number": rsin, "rolling_period": period})
-        _out({"keys": keys})
+            raise HostError("no-consent", "button not pressed within %d ms" % wait_ms)
+        return self.core.keys()
 
     def set_health(self, *a, **kw):
-        self._call(self._set_health, True, a, kw)
-
-    def _set_health(self, code):
-        health.Health(self.prov.profile(), self.root).set(code)
-        _out({"ok": True})
+        self._call(self.core.set_health, True, a, kw)
 
     def configure(self, *a, **kw):
-        self._call(self._configure, True, a, kw)
-
-    def _configure(self, js):
-        changes = _obj(js)
-        cfg = config.validate(changes, self.prov.config())
-        self.prov.data["config"] = cfg
-        self.prov.save()
-        _out({"ok": True, "config": cfg})
+        self._call(self.core.configure, True, a, kw)

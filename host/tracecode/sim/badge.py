@@ -59,7 +59,7 @@ class _RawOut:
 class _Stdin:
     def __init__(self, badge: "Badge"):
         self._b = badge
-        self.buffer = self
+        self.buffer = _StdinBuffer(badge)
 
     def read(self, n: int = 1):
         return bytes(self._b.read_byte() for _ in range(n)).decode("latin-1")
@@ -69,6 +69,21 @@ class _Stdin:
         for i in range(n):
             buf[i] = self._b.read_byte()
         return n
+
+    def _tc_poll(self) -> bool:
+        """select.poll / asyncio: is input waiting (the ESP32's stdin ring buffer)?"""
+        return self._b.console.has_input()
+
+
+class _StdinBuffer(_Stdin):
+    """sys.stdin.buffer: bytes; like the ESP32's, `read(n)` blocks until n bytes came."""
+
+    def __init__(self, badge: "Badge"):
+        self._b = badge
+        self.buffer = self
+
+    def read(self, n: int = 1):
+        return bytes(self._b.read_byte() for _ in range(n))
 
 
 def load_profile(board: str | None) -> dict:
@@ -429,6 +444,7 @@ class Badge:
         cpu = self.cpu
         cpu.in_host = host
         cpu.kbd_enabled = True
+        self.kbd_intr_char = 3  # pyexec turns the keyboard interrupt on for every script
         try:
             self.runtime.run_file(path)
         except SystemExit:

@@ -89,6 +89,7 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
             self.poll = False    # set by ThreadSafeFlag from an IRQ
             self.exc_handler = None
             self.stopped = False
+            self.io_waiting = []  # tasks parked until their stream (task.data) is readable
 
         # scheduling helpers
         def _make_ready(self, task):
@@ -160,6 +161,11 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
                 req.arg.append(task)
                 task.waiting_on = req.arg
                 task.state_token += 1
+            elif req.kind == "io":        # park until the stream has input (select.poll)
+                task.data = req.arg
+                self.io_waiting.append(task)
+                task.waiting_on = self.io_waiting
+                task.state_token += 1
             elif req.kind == "task":
                 other = req.arg
                 if other.done_flag:
@@ -202,6 +208,8 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
                             else:
                                 task.state_token += 1
                                 self._enqueue(task)
+                    if self.io_waiting:
+                        self._check_io()
                     if self.ready:
                         n = len(self.ready)
                         for _ in range(n):
@@ -225,7 +233,18 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
             return tm
 
         def _polled(self):
-            return self.poll or bool(self.ready)
+            return self.poll or bool(self.ready) or self._io_ready()
+
+        def _io_ready(self):
+            for t in self.io_waiting:
+                if _readable(t.data):
+                    return True
+            return False
+
+        def _check_io(self):
+            for t in list(self.io_waiting):
+                if _readable(t.data):
+                    self._make_ready(t)
 
         # public loop API
         def run_forever(self):
@@ -275,6 +294,83 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
     async def _forever():
         while True:
             await _Yield("sleep", 1 << 30)
+
+    def _readable(stream):
+        # A stream of the badge (its stdin) says whether input is waiting; others always are.
+        fn = getattr(stream, "_tc_poll", None)
+        return True if fn is None else bool(fn())
+
+    class Stream:
+        """MicroPython's asyncio.Stream (StreamReader/StreamWriter) over a badge stream: a
+        read waits in the event loop (virtual time runs) until the stream has input, then reads
+        from it as MicroPython does (`read(n)` on the ESP32's stdin blocks for all n bytes)."""
+
+        def __init__(self, s, e=None):
+            self.s = s
+            self.e = e or {}
+            self.out_buf = b""
+
+        def get_extra_info(self, v):
+            return self.e[v]
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, exc_type, exc, tb):
+            await self.close()
+
+        def close(self):
+            pass
+
+        async def wait_closed(self):
+            close = getattr(self.s, "close", None)
+            if close is not None:
+                close()
+
+        async def read(self, n=-1):
+            r = b""
+            while True:
+                await _Yield("io", self.s)
+                r2 = self.s.read(n)
+                if r2 is not None:
+                    if n >= 0:
+                        return r2
+                    if not len(r2):
+                        return r
+                    r += r2
+
+        async def readinto(self, buf):
+            await _Yield("io", self.s)
+            return self.s.readinto(buf)
+
+        async def readexactly(self, n):
+            r = b""
+            while n:
+                await _Yield("io", self.s)
+                r2 = self.s.read(n)
+                if r2 is not None:
+                    if not len(r2):
+                        raise EOFError
+                    r += r2
+                    n -= len(r2)
+            return r
+
+        async def readline(self):
+            line = b""
+            while True:
+                await _Yield("io", self.s)
+                line2 = self.s.readline()
+                line += line2
+                if not line2 or line[-1] == 10:
+                    return line
+
+        def write(self, buf):
+            self.out_buf += bytes(buf)
+
+        async def drain(self):
+            if self.out_buf:
+                self.s.write(self.out_buf)
+                self.out_buf = b""
 
     state = {"loop": Loop()}
 
@@ -436,6 +532,9 @@ def build(badge) -> types.ModuleType:  # noqa: C901 - one closure per badge boot
     m.Event = Event
     m.ThreadSafeFlag = ThreadSafeFlag
     m.Lock = Lock
+    m.Stream = Stream
+    m.StreamReader = Stream
+    m.StreamWriter = Stream
     m.get_event_loop = get_event_loop
     m.new_event_loop = new_event_loop
     m.current_task = current_task

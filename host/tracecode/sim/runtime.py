@@ -862,8 +862,60 @@ class Runtime:
         return self.import_module("asyncio")
 
     def _mk_select(self):
+        b = self.badge
         m = types.ModuleType("select")
-        m.POLLIN, m.POLLOUT, m.POLLERR, m.POLLHUP = 1, 4, 8, 16
+        POLLIN, POLLOUT = 1, 4
+        m.POLLIN, m.POLLOUT, m.POLLERR, m.POLLHUP = POLLIN, POLLOUT, 8, 16
+
+        def readable(obj):
+            fn = getattr(obj, "_tc_poll", None)
+            return True if fn is None else bool(fn())
+
+        class poll:
+            """select.poll over the badge's streams: its stdin is readable while the console
+            holds input; a wait with a timeout lets virtual time run."""
+
+            def __init__(self):
+                self._m = {}
+
+            def register(self, obj, mask=POLLIN | POLLOUT):
+                self._m[id(obj)] = (obj, mask)
+
+            def modify(self, obj, mask):
+                if id(obj) not in self._m:
+                    raise oserror(errno.ENOENT)
+                self._m[id(obj)] = (obj, mask)
+
+            def unregister(self, obj):
+                self._m.pop(id(obj), None)
+
+            def _events(self):
+                out = []
+                for obj, mask in self._m.values():
+                    ev = 0
+                    if mask & POLLIN and readable(obj):
+                        ev |= POLLIN
+                    if mask & POLLOUT:
+                        ev |= POLLOUT
+                    if ev:
+                        out.append((obj, ev))
+                return out
+
+            def poll(self, timeout=-1):
+                r = self._events()
+                if r or timeout == 0:
+                    return r
+                until = None if timeout is None or timeout < 0 else b.fleet.clock() + timeout / 1000.0
+                while True:
+                    b.cpu.wait(until, flag=lambda: bool(self._events()))
+                    r = self._events()
+                    if r or (until is not None and b.fleet.clock() >= until - 1e-9):
+                        return r
+
+            def ipoll(self, timeout=-1, flags=0):
+                return iter(self.poll(timeout))
+
+        m.poll = poll
         return m
 
 
