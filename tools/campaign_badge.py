@@ -205,12 +205,10 @@ def unplug_campaign(n: int, seed: int, work: Path, tally: dict) -> None:
 # ---------------------------------------------------------------------------- power cuts
 def _records(badge) -> tuple[set, int]:
     out, bad = set(), 0
-    for p, size in badge.flash.files().items():
-        if p.startswith("/log/") and p.endswith(".tcl") and size > 0:
-            day = int(p[5:-4])
-            parsed = logfmt.parse_segment(badge.flash.read(p), 0, day)
-            out |= {(e.day, e.raw) for e in parsed.records}
-            bad += parsed.crc_errors
+    for day, data in badge.flash.segments().items():
+        parsed = logfmt.parse_segment(data, 0, day)
+        out |= {(e.day, e.raw) for e in parsed.records}
+        bad += parsed.crc_errors
     return out, bad
 
 

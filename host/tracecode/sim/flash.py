@@ -24,6 +24,22 @@ def oserror(code: int) -> OSError:
     return OSError(code, errno.errorcode.get(code, str(code)))
 
 
+def log_segments(folder: str | os.PathLike) -> dict[int, bytes]:
+    """day -> bytes of each non-empty DAY.tcl in a host folder (a badge's /log)."""
+    out: dict[int, bytes] = {}
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return out
+    for name in sorted(names):
+        if name.endswith(".tcl") and name[:-4].isdigit():
+            with open(os.path.join(folder, name), "rb") as f:
+                data = f.read()
+            if data:
+                out[int(name[:-4])] = data
+    return out
+
+
 class FlashFS:
     def __init__(self, root: str | os.PathLike, capacity: int = 2 * 1024 * 1024):
         self.root = os.path.abspath(os.fspath(root))
@@ -105,6 +121,22 @@ class FlashFS:
 
     def exists(self, path: str) -> bool:
         return os.path.exists(self.host(path))
+
+    def files(self) -> dict[str, int]:
+        """Path -> size (-1 for folders), as VMFlash.files() reports them."""
+        out: dict[str, int] = {}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            base = "" if rel == "." else "/" + rel.replace(os.sep, "/")
+            for d in dirnames:
+                out[base + "/" + d] = -1
+            for f in filenames:
+                out[base + "/" + f] = os.path.getsize(os.path.join(dirpath, f))
+        return dict(sorted(out.items()))
+
+    def segments(self) -> dict[int, bytes]:
+        """The encounter log: day -> bytes of each non-empty /log/DAY.tcl."""
+        return log_segments(self.host("/log"))
 
     def check_alive(self) -> None:
         if self.dead:

@@ -39,6 +39,7 @@ from .badge import load_profile
 from .ble import Radio
 from .console import Console
 from .core import CPU, PowerCut, Shutdown
+from .flash import log_segments
 from .radio import Path
 from .runtime import EPOCH_2000
 
@@ -111,6 +112,8 @@ class VMFlash:
         cmd = vm_command() + [str(MPVM_DIR / "flashtool.py"), str(self.image), str(self.blocks), *args]
         p = subprocess.run(cmd, capture_output=True, cwd=str(MPVM_DIR), timeout=60)
         out = p.stdout.decode("utf-8", "replace")
+        if p.returncode == 3:                 # flashtool.py: no such file on the flash
+            raise FileNotFoundError(args[1] if len(args) > 1 else "")
         if p.returncode != 0 or "Traceback" in out:
             raise TraceCodeError("flash image %s: %s" % (self.image, (out + p.stderr.decode()).strip()[-300:]))
         return out
@@ -129,9 +132,7 @@ class VMFlash:
         return {p: n for p, n in json.loads(self._tool("ls"))}
 
     def read(self, path: str) -> bytes:
-        """A file's bytes (FileNotFoundError if the image has no such file)."""
-        if not self.exists(path):
-            raise FileNotFoundError(path)
+        """A file's bytes (FileNotFoundError if the image has no such file): one VM launch."""
         with tempfile.TemporaryDirectory(prefix="tcvmget") as d:
             out = os.path.join(d, "f")
             self._tool("get", path, out)
@@ -139,7 +140,22 @@ class VMFlash:
 
     def exists(self, path: str) -> bool:
         p = "/" + path.strip("/")
-        return p == "/" or p in self.files()
+        if p == "/":
+            return True
+        try:
+            self._tool("stat", p)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def segments(self) -> dict[int, bytes]:
+        """The encounter log: day -> bytes of each non-empty /log/DAY.tcl (one VM launch)."""
+        with tempfile.TemporaryDirectory(prefix="tcvmlog") as d:
+            try:
+                self.export(os.path.join(d, "log"), "/log")
+            except FileNotFoundError:
+                return {}
+            return log_segments(os.path.join(d, "log"))
 
     def write(self, path: str, data: bytes) -> None:
         """Put a file into the image while the badge is off (parent folders made)."""
@@ -746,11 +762,7 @@ class VMBadge:
         """RPIs heard per scan in /log/*.tcl (docs/log-format.md: v1 records, v2 scan entries)."""
         from ..station.logfmt import count_sightings
 
-        n = 0
-        for p, size in self.flash.files().items():
-            if p.startswith("/log/") and p.endswith(".tcl") and size > 0:
-                n += count_sightings(self.flash.read(p))
-        return n
+        return sum(count_sightings(data) for data in self.flash.segments().values())
 
     def summary(self) -> dict:
         st = dict(self.radio.stats)

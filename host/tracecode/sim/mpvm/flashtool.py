@@ -1,6 +1,7 @@
 # Runs INSIDE the MicroPython VM, offline (badge powered off): make, fill and read a virtual
 # badge's littlefs image with MicroPython's own littlefs (vfs.VfsLfs2).
-# usage: flashtool.py IMAGE BLOCKS mkfs | put HOSTSRC DEST | get SRC HOSTDEST | ls | df
+# usage: flashtool.py IMAGE BLOCKS mkfs | put HOSTSRC DEST | get SRC HOSTDEST | ls | df | stat PATH
+# Exit status 3: the path is not on the flash (the host's FileNotFoundError).
 import sys
 import os
 import vfs
@@ -56,6 +57,10 @@ def _tree(p, out):
             out.append([full[6:], os.stat(full)[6]])
 
 
+_ENOENT = const(2)
+_EXIT_MISSING = const(3)
+
+
 def main():
     image, blocks, op = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     dev = FlashDev(image, blocks)
@@ -70,8 +75,16 @@ def main():
         else:
             _mkdirs(dst.rsplit("/", 1)[0])
         _copy(sys.argv[4], dst.rstrip("/") or "/flash")
-    elif op == "get":
-        _copy("/flash" + sys.argv[4], sys.argv[5])
+    elif op == "get" or op == "stat":
+        try:
+            os.stat("/flash" + sys.argv[4])
+        except OSError as e:
+            if e.errno == _ENOENT:
+                vfs.umount("/flash")
+                sys.exit(_EXIT_MISSING)
+            raise
+        if op == "get":
+            _copy("/flash" + sys.argv[4], sys.argv[5])
     elif op == "ls":
         out = []
         _tree("/flash", out)
