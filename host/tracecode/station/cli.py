@@ -1,4 +1,4 @@
-"""Station subcommands: flash, sync, diagnose, status, db."""
+"""Station subcommands: flash, sync, diagnose, status, unlock, update, db."""
 
 from __future__ import annotations
 
@@ -371,11 +371,32 @@ def cmd_diagnose(args) -> int:
 
 # ---------------------------------------------------------------------------- status
 def _live_status(path: Path, device: str) -> dict:
-    from .link import BadgeLink
+    """hello + status of the badge on `device`. A locked badge answers status only after
+    authentication: with the secret this station holds for it; a locked badge unknown here
+    gives its hello (id, firmware) only."""
+    from .link import BadgeRefused, open_link
 
-    with BadgeLink(device) as link:
+    link = open_link(device)
+    try:
+        mode = "locked" if link.hello.get("locked") else "developer"
+        if mode == "locked":
+            with Database(path, create=False, check="none") as db:
+                secret = db.secret(link.badge_id)
+            if secret is None:
+                return {"id": link.badge_id, "fw": link.hello.get("fw"), "mode": mode,
+                        "_hello": link.hello}
+            try:
+                link.auth(secret)
+            except BadgeRefused as exc:
+                if exc.code != "auth":
+                    raise
+                raise DeviceError(f"{device}: badge {link.badge_id!r} refused this station: the "
+                                  "pairing secret does not match") from None
         st = link.status()
         st["_hello"] = link.hello
+        st["mode"] = mode
+    finally:
+        link.close()
     with Database(path, create=False, check="none") as db:
         if db.badge(link.badge_id) is not None:
             db.update_badge_status(link.badge_id, st, port=device)
@@ -413,6 +434,7 @@ def cmd_status(args) -> int:
                 "fw": (st or {}).get("fw", b["fw_version"]), "running": running,
                 "encounters": db.encounter_count(bid), "diagnosed": b["diagnosed_at"] is not None,
                 "attached": (st or {}).get("port"),
+                "mode": (st or {}).get("mode"),
             }
             row["error"] = ("firmware not running" if (st is not None and running is False)
                             else None)
@@ -420,7 +442,7 @@ def cmd_status(args) -> int:
         for bid, st in live.items():
             if db.badge(bid) is None:
                 rows.append({"badge_id": bid, "attached": st["port"], "fw": st.get("fw"),
-                             "running": st.get("running"),
+                             "running": st.get("running"), "mode": st.get("mode"),
                              "error": "unknown badge (not provisioned by this station)"})
     for r in rows:
         if r.get("error"):
@@ -445,6 +467,8 @@ def _status_table(rows: list[dict]) -> None:
             health += " (pending)"
         state = r.get("error") or ("running" if r.get("running") else
                                    "-" if r.get("running") is None else "stopped")
+        if r.get("mode") == "locked":
+            state += " (locked)"
         if r.get("attached"):
             state += f" @ {r['attached']}"
         table.append([r["badge_id"], health, _fmt_time(r.get("last_sync")),
@@ -464,6 +488,171 @@ def _status_table(rows: list[dict]) -> None:
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+# ---------------------------------------------------------------------------- locked badges
+def _one_port(args) -> str:
+    given = [args.port_pos] if args.port_pos else []
+    given += args.port or []
+    ports = portmod.resolve(given or None)
+    if len(ports) != 1:
+        raise InputError(f"{len(ports)} badges attached: name one PORT")
+    return ports[0].device
+
+
+def _locked_session(db: Database, port: str, what: str):
+    """An authenticated LockedLink to the badge on `port`; a developer-mode badge -> None."""
+    from .frames import LockedLink
+    from .link import open_link
+    from .sync import authenticate
+
+    link = open_link(port)
+    if not isinstance(link, LockedLink):
+        link.close()
+        return None
+    try:
+        authenticate(db, link)
+    except BaseException:
+        link.close()
+        raise
+    return link
+
+
+def _wait_for_badge(port: str, want_locked: bool | None, timeout_s: float = 30.0) -> dict | None:
+    """After a reset: the badge's hello once it answers again (mode and firmware), or None."""
+    from .frames import LockedLink
+    from .link import open_link
+
+    deadline = time.monotonic() + timeout_s
+    time.sleep(0.5)
+    while time.monotonic() < deadline:
+        try:
+            link = open_link(port, probe_timeout_s=2.0)
+        except DeviceError:
+            time.sleep(0.5)
+            continue
+        try:
+            locked = isinstance(link, LockedLink)
+            hello = dict(link.hello, mode="locked" if locked else "developer")
+        finally:
+            link.close()
+        if want_locked is None or locked == want_locked:
+            return hello
+        time.sleep(0.5)
+    return None
+
+
+def cmd_unlock(args) -> int:
+    port = _one_port(args)
+    with Database(_db_path(args), create=False) as db:
+        link = _locked_session(db, port, "unlock")
+        if link is None:
+            doc = {"port": port, "unlocked": False, "mode": "developer",
+                   "message": "already in developer mode (not locked): nothing to do"}
+        else:
+            bid = link.badge_id
+            try:
+                link.unlock()
+            finally:
+                link.close()
+            after = _wait_for_badge(port, want_locked=False) if not args.no_verify else None
+            doc = {"port": port, "badge_id": bid, "unlocked": True,
+                   "mode": (after or {}).get("mode", "unverified" if args.no_verify else "unknown"),
+                   "message": f"badge {bid} unlocked: it reset into developer mode (raw REPL "
+                              "and host interface version 1; docs/hostif.md); "
+                              "`tracecode flash --skip-image` locks it again, keeping its "
+                              "pairing, keys and log"}
+            if not args.no_verify and after is None:
+                raise DeviceError(f"{port}: badge {bid} accepted the unlock but did not come "
+                                  "back in developer mode within 30 s",
+                                  hint="power-cycle it and run `tracecode status --port PORT`")
+    if args.json:
+        from ..cli import print_json
+        print_json(doc)
+    else:
+        print(f"{port}: {doc['message']}")
+    return 0
+
+
+# Files a locked badge accepts in a firmware update (docs/hostif.md, PUT).
+def _update_files(firmware_dir: Path) -> tuple[list[tuple[str, bytes]], list[str]]:
+    from .flasher import firmware_files
+
+    files, skipped = [], []
+    for local, dest in firmware_files(firmware_dir):
+        rel = dest.lstrip("/")
+        top = rel.count("/") == 1 and rel.startswith("tcbadge/")
+        ok = (rel in ("boot.py", "main.py") or rel.startswith("lib/") or
+              (top and (rel.endswith(".py") or rel.endswith(".mpy"))))
+        if ok:
+            files.append((rel, local.read_bytes()))
+        else:
+            skipped.append(rel)
+    return files, skipped
+
+
+def _firmware_version(firmware_dir: Path) -> str | None:
+    import re
+    try:
+        text = (firmware_dir / "tcbadge" / "__init__.py").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^VERSION\s*=\s*[\"']([^\"']+)[\"']", text, re.M)
+    return m.group(1) if m else None
+
+
+def cmd_update(args) -> int:
+    firmware_dir = Path(args.firmware)
+    if not firmware_dir.is_dir():
+        raise InputError(f"--firmware {firmware_dir}: no such folder")
+    files, skipped = _update_files(firmware_dir)
+    if not any(p == "main.py" for p, _ in files):
+        raise InputError(f"no firmware in {firmware_dir} (main.py missing)")
+    want = _firmware_version(firmware_dir)
+    port = _one_port(args)
+    t0 = time.monotonic()
+    total = sum(len(d) for _, d in files)
+    with Database(_db_path(args), create=False) as db:
+        link = _locked_session(db, port, "update")
+        if link is None:
+            raise DeviceError(f"{port}: the badge is in developer mode (not locked): install "
+                              "firmware with `tracecode flash --skip-image`")
+        bid, before = link.badge_id, link.hello.get("fw")
+        with Progress(not args.json) as prog:
+            line = prog.line(port)
+            done = 0
+
+            def on_data(n):
+                nonlocal done
+                done += n
+                line("staging", done, total)
+            try:
+                link.put_files(files, on_data=on_data)
+            finally:
+                link.close()
+            line("restarting", total, total)
+            after = _wait_for_badge(port, want_locked=True)
+        if after is None:
+            raise DeviceError(f"{port}: badge {bid} took the firmware and reset, but did not "
+                              "answer in locked mode within 30 s",
+                              hint="power-cycle it; `tracecode status --port PORT` shows its state")
+        if want and after.get("fw") != want:
+            raise DeviceError(f"{port}: badge {bid} runs firmware {after.get('fw')} after the "
+                              f"update, expected {want}")
+        db.update_badge_status(bid, {"fw": after.get("fw")}, port=port)
+    doc = {"port": port, "badge_id": bid, "files": len(files), "bytes": total,
+           "skipped": skipped, "fw_before": before, "fw_after": after.get("fw"),
+           "seconds": round(time.monotonic() - t0, 1)}
+    if args.json:
+        from ..cli import print_json
+        print_json(doc)
+    else:
+        print(f"{port}: badge {bid}: firmware {before} -> {after.get('fw')} ({len(files)} files, "
+              f"{_fmt_bytes(total)}, checked by SHA-256 on the badge) in {doc['seconds']} s; "
+              "it is tracing again, still locked")
+        for p in skipped:
+            print(f"  skipped {p} (not a firmware path a badge accepts)")
+    return 0
 
 
 # ---------------------------------------------------------------------------- db
@@ -624,6 +813,38 @@ def register(sub) -> None:
                    help="also query every attached badge (implied by --port)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "unlock", help="maintenance unlock of a locked badge by its paired station",
+        description="Unlock a locked badge (protocol version 2) for maintenance: the station "
+                    "authenticates with the pairing secret in its database, sends UNLOCK, and "
+                    "the badge resets into developer mode (raw REPL, host interface version 1) "
+                    "-- keeping its pairing, keys and log. `tracecode flash --skip-image` "
+                    "locks it again. A badge already in developer mode is left alone.")
+    p.add_argument("port_pos", nargs="?", metavar="PORT",
+                   help="device path or socket://HOST:PORT (default: the one attached badge)")
+    p.add_argument("-p", "--port", action="append", default=None, help=argparse.SUPPRESS)
+    _add_db(p)
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not wait for the badge to come back in developer mode")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_unlock)
+
+    p = sub.add_parser(
+        "update", help="firmware update of a locked badge over the locked protocol",
+        description="Install firmware files on a locked badge without unlocking it: each file "
+                    "is staged on the badge (PUT), then COMMIT checks every size and SHA-256 on "
+                    "the badge, moves the files into place and resets; a failed check changes "
+                    "nothing. Logs, keys and pairing are kept; the badge stays locked. The "
+                    "command waits for the badge to answer again and checks its version.")
+    p.add_argument("port_pos", nargs="?", metavar="PORT",
+                   help="device path or socket://HOST:PORT (default: the one attached badge)")
+    p.add_argument("-p", "--port", action="append", default=None, help=argparse.SUPPRESS)
+    _add_db(p)
+    p.add_argument("--firmware", required=True, metavar="DIR",
+                   help="firmware folder (boot.py, main.py, tcbadge/, optional lib/)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_update)
 
     p = sub.add_parser("report", help="operator report from the station database: who to "
                                       "notify, delivery, overdue or low badges (HTML or --json)")

@@ -19,7 +19,7 @@ from typing import Callable
 from ..errors import DeviceError, InputError, NetworkError, TraceCodeError
 from .db import Database
 from .link import BadgeLink, BadgeRefused
-from .sync import authenticate
+from .sync import authenticate, connect
 
 REPORT_TYPES = {"unknown": 0, "confirmed-test": 1, "confirmed-clinical-diagnosis": 2,
                 "self-report": 3, "recursive": 4, "revoked": 5}
@@ -85,7 +85,7 @@ def diagnose(db: Database, port: str, badge_id: str, *, report_type: int = 1,
              signing_key: Path | None = None, keyserver: str | None = None,
              code: str | None = None, wait_s: float = 60.0,
              prompt: Callable[[str], None] = print, now: Callable[[], float] = time.time,
-             link_factory=BadgeLink) -> dict:
+             link_factory=None) -> dict:
     if (out_dir is None) == (keyserver is None):
         raise InputError("give either --out DIR or --keyserver URL --code CODE")
     if keyserver is not None and not code:
@@ -98,8 +98,7 @@ def diagnose(db: Database, port: str, badge_id: str, *, report_type: int = 1,
     if db.badge(badge_id) is None:
         raise InputError(f"unknown badge {badge_id!r}")
 
-    link = link_factory(port)
-    link.open()
+    link = connect(port, link_factory=link_factory)
     try:
         if link.badge_id != badge_id:
             raise DeviceError(f"{port}: that is badge {link.badge_id!r}, not {badge_id!r}")

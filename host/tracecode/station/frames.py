@@ -253,7 +253,7 @@ class LockedLink:
     hello), then `auth(secret)`; the other methods match `link.BadgeLink`."""
 
     progress_scale = 1.0       # wire bytes -> payload bytes for progress lines (~1)
-    window = 4                 # READ requests in flight
+    window = 2                 # READ requests in flight (the next reply is ready while one streams)
     retries = 3                # per idempotent request
 
     def __init__(self, port: str, *, baudrate: int = 115200, timeout_s: float = 10.0,

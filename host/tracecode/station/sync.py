@@ -1,7 +1,12 @@
 """`tracecode sync`: pull a badge's new log bytes into the database, then acknowledge them.
 
+The link is chosen by `link.open_link`: a locked badge speaks framed protocol version 2
+(`frames.LockedLink`: binary READs of up to 4 KiB, pipelined), a developer-mode badge the
+raw-REPL version 1 (`link.BadgeLink`); the steps are the same.
+
 Order of a session (each step safe to interrupt by unplugging):
- 1. hello + HMAC authentication with the pairing secret from the database;
+ 1. hello + HMAC authentication with the pairing secret from the database (locked badges
+    also prove the secret to the station);
  2. set the badge clock (its drift is reported);
  3. list segments; for each day pull bytes from max(badge ack, database synced offset) to
     the last whole record; verify the header and every record CRC (a bad record is read
@@ -23,7 +28,7 @@ from typing import Callable
 from ..errors import DeviceError
 from . import logfmt
 from .db import Database
-from .link import BadgeLink, BadgeRefused
+from .link import BadgeLink, BadgeRefused, open_link
 
 Progress = Callable[[str, int, int], None]   # (stage, done bytes, total bytes)
 
@@ -54,6 +59,8 @@ class SyncReport:
     coverage: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     error: str | None = None
+    protocol: int | None = None       # 2: locked badge (frames), 1: developer mode (raw REPL)
+    rerequests: int = 0               # v2: replies asked for again (bad CRC, lost session)
 
     @property
     def ratio(self) -> float:
@@ -80,7 +87,7 @@ def _record_end(size: int) -> int:
 def authenticate(db: Database, link: BadgeLink) -> str:
     """Check the badge is provisioned and known here, then prove the pairing secret."""
     bid = link.badge_id
-    if not link.hello.get("provisioned"):
+    if not link.hello.get("provisioned") and not link.hello.get("locked"):
         raise DeviceError(f"{link.port}: badge is not provisioned",
                           hint="run `tracecode flash --skip-image` for it")
     secret = db.secret(bid)
@@ -97,16 +104,26 @@ def authenticate(db: Database, link: BadgeLink) -> str:
     return bid
 
 
+def connect(port: str, *, baudrate: int = 115200, link_factory=None):
+    """An open link to the badge on `port`: `open_link` (locked or developer mode) unless a
+    `link_factory(port, baudrate=...)` is given (tests)."""
+    if link_factory is None:
+        return open_link(port, baudrate=baudrate)
+    link = link_factory(port, baudrate=baudrate)
+    link.open()
+    return link
+
+
 def sync_badge(db: Database, port: str, *, progress: Progress | None = None,
                baudrate: int = 115200, set_clock: bool = True, now: Callable[[], float] = time.time,
-               link_factory=BadgeLink) -> SyncReport:
+               link_factory=None) -> SyncReport:
     """Sync one badge; raises DeviceError on failure (nothing half-committed)."""
     rep = SyncReport(port=port)
     t0 = time.monotonic()
     prog = progress or (lambda *a: None)
     prog("connecting", 0, 0)
-    link = link_factory(port, baudrate=baudrate)
-    link.open()
+    link = connect(port, baudrate=baudrate, link_factory=link_factory)
+    rep.protocol = 2 if link.hello.get("proto") == 2 else 1
     session = None
     try:
         rep.badge_id = bid = authenticate(db, link)
@@ -144,10 +161,12 @@ def sync_badge(db: Database, port: str, *, progress: Progress | None = None,
 
         inflight = 0
 
-        def on_data(n):   # per chunk on the wire (base64: ~3 payload bytes per 4)
+        scale = getattr(link, "progress_scale", 0.75)
+
+        def on_data(n):   # per chunk (v1: wire bytes, base64 ~3 payload bytes per 4; v2: payload)
             nonlocal inflight
             inflight += n
-            prog("pulling", min(done + inflight * 3 // 4, total), total)
+            prog("pulling", min(done + int(inflight * scale), total), total)
 
         # -- pull (nothing is stored until every day is pulled and checked) --
         pulled: dict[int, tuple[int, list[logfmt.Encounter]]] = {}
@@ -205,6 +224,7 @@ def sync_badge(db: Database, port: str, *, progress: Progress | None = None,
         db.update_badge_status(bid, status, port=port, synced=True)
         rep.coverage = db.coverage(bid)
         rep.wire_bytes = link.wire_bytes
+        rep.rerequests = getattr(link, "rerequests", 0)
         rep.seconds = time.monotonic() - t0
         db.finish_session(session, "ok", drift_s=rep.drift_s, payload_bytes=rep.payload_bytes,
                           wire_bytes=rep.wire_bytes, records_new=rep.records_new,
