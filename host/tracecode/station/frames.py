@@ -55,9 +55,9 @@ NAMES = {HELLO: "hello", AUTH: "auth", STATUS: "status", SET_TIME: "set_time",
          SEGMENTS: "segments", READ: "read", ACK: "ack", EXPORT: "export_keys",
          SET_HEALTH: "set_health", CONFIGURE: "configure", PROVISION: "provision",
          UNLOCK: "unlock", PUT: "put", COMMIT: "commit", RESET: "reset", BYE: "bye"}
-# Asking again is harmless: reads, state that is set to a value, acks (they only grow),
-# PUT (bytes at an offset of a staged file).
-IDEMPOTENT = {STATUS, SET_TIME, SEGMENTS, READ, ACK, SET_HEALTH, CONFIGURE, PUT}
+# Asking again is harmless: reads, state that is set to a value, acks (they only grow).
+# (PUT is not: the badge appends at the staged size; a lost PUT restarts its file.)
+IDEMPOTENT = {STATUS, SET_TIME, SEGMENTS, READ, ACK, SET_HEALTH, CONFIGURE}
 # Error codes that mean "this session is over" (the request may be asked again in a new one).
 SESSION_ERRORS = {"auth", "seq"}
 
@@ -253,7 +253,12 @@ class LockedLink:
     hello), then `auth(secret)`; the other methods match `link.BadgeLink`."""
 
     progress_scale = 1.0       # wire bytes -> payload bytes for progress lines (~1)
-    window = 2                 # READ requests in flight (the next reply is ready while one streams)
+    # READ requests in flight. The spec allows more (requests are numbered, answered in
+    # order) and read_range handles any window (tests/station/test_locked.py uses 4), but the
+    # badge firmware on the imitation sim hangs when a request arrives while it is still busy
+    # with the previous one (2026-12-07), and one at a time already fills the link (wire use
+    # 0.98 at 115200 baud: a 4 KiB reply takes 0.36 s, the next request 3.5 ms).
+    window = 1
     retries = 3                # per idempotent request
 
     def __init__(self, port: str, *, baudrate: int = 115200, timeout_s: float = 10.0,
@@ -617,24 +622,32 @@ class LockedLink:
 
     def put_file(self, path: str, data: bytes,
                  on_data: Callable[[int], None] | None = None) -> None:
-        """Stage one file under the badge's /fw.new/ in PUT chunks."""
-        off = 0
-        while True:
-            head = json_bytes({"path": path, "off": off, "size": len(data)})
-            room = min(READ_MAX, MAX_PAYLOAD - 2 - len(head))
-            if room < 256:
-                raise DeviceError(f"firmware path too long for the protocol: {path}")
-            chunk = data[off:off + room]
-            out = self.request(PUT, struct.pack("<H", len(head)) + head + chunk)
-            doc = _short_json(out)
-            if not doc.get("ok"):
-                raise DeviceError(f"{self.port}: badge did not stage {path} "
-                                  f"({str(doc)[:120]})")
-            off += len(chunk)
-            if on_data is not None:
-                on_data(len(chunk))
-            if off >= len(data):
-                return
+        """Stage one file under the badge's /fw.new/ in PUT chunks (`size` is the whole
+        file's; the badge appends at the staged size). A chunk whose reply is lost restarts
+        the file from offset 0 in a new session."""
+        for attempt in range(self.retries + 1):
+            off = 0
+            try:
+                while True:
+                    head = json_bytes({"path": path, "off": off, "size": len(data)})
+                    room = min(READ_MAX, MAX_PAYLOAD - 2 - len(head))
+                    chunk = data[off:off + room]
+                    out = self.request(PUT, struct.pack("<H", len(head)) + head + chunk,
+                                       retry=False)
+                    if not _short_json(out).get("ok"):
+                        raise DeviceError(f"{self.port}: badge did not stage {path}")
+                    off += len(chunk)
+                    if on_data is not None:
+                        on_data(len(chunk))
+                    if off >= len(data):
+                        return
+            except BadgeRefused:
+                raise
+            except DeviceError:
+                if attempt >= self.retries or self._secret is None:
+                    raise
+                self.rerequests += 1
+                self._new_session()
 
     def put_files(self, files: Iterable[tuple[str, bytes]],
                   on_data: Callable[[int], None] | None = None) -> dict:
@@ -677,6 +690,13 @@ def open_serial(port: str, baudrate: int) -> CountingSerial:
         except (AttributeError, ValueError, serial.SerialException):
             pass
         s.open()
+        sock = getattr(s, "_socket", None)      # socket:// (a virtual badge's console)
+        if sock is not None:
+            import socket
+            try:   # no Nagle delay: pipelined requests are small writes
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
     except Exception as exc:
         raise DeviceError(f"{port}: cannot open the port ({_why(exc)})",
                           hint="is it plugged in, or busy in another program?") from None
