@@ -386,3 +386,293 @@ def test_no_answer_is_a_clear_error(tmp_path):
     with pytest.raises(DeviceError) as ei:
         frames.LockedLink(url).open()
     assert "cannot open" in str(ei.value)
+
+
+# ============================================================================ virtual badges
+# The real firmware, provisioned locked by the station code (flasher: "lock": true), on the
+# simulator's default backend (TRACECODE_SIM_BACKEND=vm for the MicroPython VM).
+import random  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from tracecode.cli import main  # noqa: E402
+from tracecode.station import flasher, logfmt  # noqa: E402
+from tracecode.station.db import Database  # noqa: E402
+from tracecode.station.link import BadgeLink, open_link  # noqa: E402
+from tracecode.station.ports import BadgePort  # noqa: E402
+from tracecode.station.sync import sync_badge  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+BOARD = "m5stack-atom-lite"     # RGB LED: the health colour can be read back
+BUTTON_BOARD = "esp32-devkitc"  # consent button
+
+
+def _sim():
+    return pytest.importorskip("tracecode.sim", reason="virtual badges (tracecode.sim) not installed")
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    f = _sim().Fleet(workdir=tmp_path / "fleet", seed=3, start_unix=int(time.time()))
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def db(tmp_path):
+    d = Database(tmp_path / "station.sqlite")
+    yield d
+    d.close()
+
+
+def provision_locked(fleet, db, name, board=BOARD, **kw):
+    badge = fleet.add_badge(name, board=board, **kw)
+    badge.power_on()
+    url = badge.console_url()
+    opts = flasher.FlashOptions(board=flasher.Board.load(board), skip_image=True,
+                                aioble_mip=False, now=fleet.unix_time, lock=True)
+    bid = flasher.flash_badge(BadgePort(url), opts, db)["badge_id"]
+    link = open_link(url)
+    try:
+        assert isinstance(link, frames.LockedLink) and link.hello["locked"], link.hello
+    finally:
+        link.close()
+    return badge, url, bid
+
+
+def fill_log(badge, fleet, days=3, per_day=50, seed=1):
+    rnd = random.Random(seed)
+    today = int(fleet.unix_time()) // 86400
+    log = Path(badge.flash.root) / "log"
+    log.mkdir(exist_ok=True)
+    want = set()
+    for di, day in enumerate(range(today - days, today)):
+        recs = [logfmt.encode_record(rnd.randbytes(16), rnd.randbytes(4), 600 * i + di, 5, 3,
+                                     -80, -60, -70) for i in range(per_day)]
+        want |= set(recs)
+        (log / f"{day}.tcl").write_bytes(logfmt.encode_header(day) + b"".join(recs))
+    badge.flash.rescan()
+    return want
+
+
+def stored(db, bid):
+    return {bytes(r["raw"]) for r in db.encounters(bid)}
+
+
+def run_while(fleet, fn, seconds, step=0.5):
+    """Run `fn` (a station command) in a thread while the fleet's virtual time runs: the
+    simulator serves requests at a paused clock, so a badge waiting (EXPORT's button, the
+    delay before a reset) needs time to pass."""
+    res = {}
+
+    def go():
+        try:
+            res["v"] = fn()
+        except BaseException as e:  # noqa: BLE001
+            res["e"] = e
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    n = 0.0
+    while t.is_alive() and n < seconds:
+        time.sleep(0.05)
+        fleet.run_for(step)
+        n += step
+    t.join(60)
+    if "e" in res:
+        raise res["e"]
+    return res.get("v")
+
+
+def log_files(badge):
+    d = Path(badge.flash.root) / "log"
+    return sorted(p.name for p in d.glob("*.tcl")) if d.exists() else []
+
+
+def test_locked_sync_acks_after_commit_and_survives_unplugs(fleet, db):
+    badge, url, bid = provision_locked(fleet, db, "alice")
+    want = fill_log(badge, fleet, days=3, per_day=300)
+    with pytest.raises(Exception):            # the raw REPL is gone: Ctrl-C is just a byte
+        BadgeLink(url, timeout_s=2).open()
+    for cut in (150, 3_000, 25_000):
+        badge.console.disconnect_after(cut)
+        with pytest.raises(DeviceError):
+            sync_badge(db, url, now=fleet.unix_time)
+        badge.console.disconnect_after(None)
+        assert db.encounter_count(bid) == 0    # nothing half-committed
+        assert len(log_files(badge)) == 3      # nothing acknowledged, nothing freed
+
+    class UnplugBeforeAck(frames.LockedLink):
+        def ack(self, day, offset):
+            badge.console.disconnect()
+            return super().ack(day, offset)
+
+    with pytest.raises(DeviceError):
+        sync_badge(db, url, now=fleet.unix_time, link_factory=UnplugBeforeAck)
+    assert stored(db, bid) == want             # committed, not yet acknowledged
+    assert len(log_files(badge)) == 3
+    rep = sync_badge(db, url, now=fleet.unix_time)
+    assert rep.ok and rep.protocol == 2
+    assert rep.records_new == 0 and rep.records_dup == 0 and len(rep.acked) == 3
+    assert stored(db, bid) == want and log_files(badge) == []
+    rep = sync_badge(db, url, now=fleet.unix_time)          # idempotent
+    assert rep.ok and rep.records_new == 0 and rep.acked == {}
+    statuses = [s["status"] for s in db.sessions(bid)]
+    assert statuses[-2:] == ["ok", "ok"] and statuses.count("failed") >= 2
+    assert db.check()["ok"]
+
+
+def test_classroom_log_syncs_at_payload_wire_above_095(fleet, db):
+    """14 school days of a classroom (log v2, ~620 KB): the ratio of a real sync."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import bench_sync
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    badge, url, bid = provision_locked(fleet, db, "bench", board="esp32-devkitc",
+                                       flash_size=8 * 1024 * 1024)
+    today = int(fleet.unix_time()) // 86400
+    payload, rows = bench_sync.write_log(Path(badge.flash.root), today, 14, "classroom")
+    badge.flash.rescan()
+    rep = sync_badge(db, url, now=fleet.unix_time)
+    assert rep.ok and rep.protocol == 2
+    assert rep.payload_bytes == payload > 500_000 and rep.records_new == rows
+    assert rep.ratio >= 0.95, rep.ratio
+    assert len(rep.acked) == 14 and log_files(badge) == []
+
+
+def test_status_and_health_code_on_a_locked_badge(fleet, db, capsys):
+    badge, url, bid = provision_locked(fleet, db, "erin")
+    rc = main(["db", "set-health", "--db", str(db.path), bid, "yellow"])
+    assert rc == 0
+    capsys.readouterr()
+    rc = main(["sync", "--db", str(db.path), "--port", url, "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out[0]["health_set"] == "yellow" and out[0]["protocol"] == 2
+    profile = json.loads((flasher.DEFAULT_BOARDS_DIR / f"{BOARD}.json").read_text())
+    pin = profile["led"]["pin"]
+    assert tuple(badge.led()["neopixel"][pin][0]) == tuple(profile["led"]["colours"]["yellow"])
+    rc = main(["status", "--db", str(db.path), "--port", url, "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0, out
+    row = next(r for r in out["badges"] if r["badge_id"] == bid)
+    assert row["mode"] == "locked" and row["running"] is True
+    assert row["health"] == "yellow" and row["health_shown"] == "yellow" and row["fw"]
+    # a station that does not hold the badge's secret learns its id and firmware only
+    with Database(db.path.parent / "other.sqlite") as other:
+        pass
+    rc = main(["status", "--db", str(other.path), "--port", url, "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 4 and out["badges"][0]["badge_id"] == bid
+    assert out["badges"][0]["error"].startswith("unknown badge")
+    assert out["badges"][0].get("running") is None
+
+
+def test_diagnose_with_consent_on_a_locked_badge(db, tmp_path, capsys):
+    from tracecode.export import generate_signing_key, load_batch
+
+    fleet = _sim().Fleet(workdir=tmp_path / "fleet", seed=4, start_unix=int(time.time()) - 130000)
+    try:
+        badge, url, bid = provision_locked(fleet, db, "grace", board=BUTTON_BOARD)
+        fleet.run_for(86400)
+        raw = (Path(badge.flash.root) / "tc" / "keys.bin").read_bytes()
+        teks = {int.from_bytes(raw[i:i + 4], "little"): raw[i + 4:i + 20]
+                for i in range(0, len(raw), 20)}
+        priv, pub = generate_signing_key(tmp_path / "keys")
+        args = ["diagnose", "--badge", bid, "--port", url, "--db", str(db.path), "--out",
+                str(tmp_path / "out"), "--signing-key", str(priv), "--json"]
+        badge.press_button(duration=20)                 # held since BEFORE the request: no
+        rc = run_while(fleet, lambda: main(args + ["--wait", "2"]), 10)   # consent
+        cap = capsys.readouterr()
+        assert rc == 5 and "no consent" in cap.err and db.diagnosed_keys() == [], cap.err
+        fleet.run_for(20)
+        badge.press_button(after=1.0)                   # the wearer presses after the prompt
+        rc = run_while(fleet, lambda: main(args + ["--wait", "10"]), 15)
+        cap = capsys.readouterr()
+        assert rc == 0, cap.err
+        res = json.loads(cap.out)
+        batch = load_batch(res["file"], pubkeys=[pub])
+        got = {k.rolling_start_interval_number: k.key_data for k in batch.keys}
+        assert len(got) >= 2 and all(teks.get(r) == k for r, k in got.items())
+        assert db.current_health(bid)["code"] == "red"
+        for tek in teks.values():
+            assert tek.hex() not in cap.err + cap.out.replace(res["file"], "")
+    finally:
+        fleet.close()
+
+
+def test_maintenance_unlock_then_relock(fleet, db, capsys):
+    badge, url, bid = provision_locked(fleet, db, "ivan")
+    want = fill_log(badge, fleet, days=1, per_day=20)
+    rc = run_while(fleet, lambda: main(["unlock", url, "--db", str(db.path), "--json"]), 30)
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["unlocked"] and doc["mode"] == "developer" and doc["badge_id"] == bid
+    with BadgeLink(url) as link:                      # the raw REPL answers again
+        assert link.hello["provisioned"] and link.badge_id == bid
+        link.auth(db.secret(bid))
+    rep = sync_badge(db, url, now=fleet.unix_time)    # developer mode: protocol 1, same data
+    assert rep.ok and rep.protocol == 1 and stored(db, bid) == want
+    rc = main(["unlock", url, "--db", str(db.path)])
+    assert rc == 0 and "already in developer mode" in capsys.readouterr().out
+    # flashing again (same station) locks it, keeping its pairing
+    rc = main(["flash", "--board", BOARD, "--skip-image", "--no-aioble", "--port", url,
+               "--db", str(db.path)])
+    assert rc == 0, capsys.readouterr().err
+    link = open_link(url)
+    try:
+        assert isinstance(link, frames.LockedLink)
+        link.auth(db.secret(bid))
+    finally:
+        link.close()
+    # a stranger's database cannot unlock it
+    with Database(db.path.parent / "stranger.sqlite") as other:
+        other.add_badge(bid, BOARD, os.urandom(32))
+    rc = main(["unlock", url, "--db", str(other.path)])
+    err = capsys.readouterr().err
+    assert rc == 4 and "refused this station" in err and db.secret(bid).hex() not in err
+
+
+def test_firmware_update_over_the_locked_protocol(fleet, db, tmp_path, capsys):
+    import shutil
+
+    badge, url, bid = provision_locked(fleet, db, "judy")
+    want = fill_log(badge, fleet, days=2, per_day=40)
+    fw = tmp_path / "fw"
+    shutil.copytree(flasher.DEFAULT_FIRMWARE_DIR, fw,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    init = fw / "tcbadge" / "__init__.py"
+    old = flasher.DEFAULT_FIRMWARE_DIR / "tcbadge" / "__init__.py"
+    init.write_text(old.read_text().replace('VERSION = "', 'VERSION = "9.9.9-', 1))
+    rc = run_while(fleet, lambda: main(["update", url, "--firmware", str(fw), "--db",
+                                        str(db.path), "--json"]), 30)
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    doc = json.loads(cap.out)
+    assert doc["fw_after"].startswith("9.9.9-") and doc["fw_before"] != doc["fw_after"]
+    assert (Path(badge.flash.root) / "tcbadge" / "__init__.py").read_text() == init.read_text()
+    assert not (Path(badge.flash.root) / "fw.new").exists()
+    rep = sync_badge(db, url, now=fleet.unix_time)    # still locked, still paired, log kept
+    assert rep.ok and rep.protocol == 2 and stored(db, bid) == want
+    assert db.badge(bid)["fw_version"].startswith("9.9.9-")
+
+
+def test_impostor_and_strangers_are_refused(fleet, db, fake, tmp_path):
+    badge, url, bid = provision_locked(fleet, db, "mallory-target")
+    fill_log(badge, fleet, days=1, per_day=10)
+    secret = db.secret(bid)
+    # a badge that knows the id and accepts our AUTH, but cannot prove the secret
+    imp = fake(badge_id=bid, secret=secret, proof_secret=os.urandom(32), log={19000: b"x" * 100})
+    with pytest.raises(DeviceError, match="failed to prove") as ei:
+        sync_badge(db, imp.url, now=fleet.unix_time)
+    assert secret.hex() not in str(ei.value)
+    assert imp.requests == [] and db.encounter_count(bid) == 0
+    # a station with the right id but the wrong secret, and one that never heard of it
+    with Database(tmp_path / "stranger.sqlite") as other:
+        with pytest.raises(DeviceError, match="unknown to this station"):
+            sync_badge(other, url, now=fleet.unix_time)
+        other.add_badge(bid, BOARD, os.urandom(32))
+        with pytest.raises(DeviceError, match="refused this station"):
+            sync_badge(other, url, now=fleet.unix_time)
+        assert other.encounter_count() == 0
+    assert len(log_files(badge)) == 1
+    assert sync_badge(db, url, now=fleet.unix_time).records_new == 10

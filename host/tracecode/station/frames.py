@@ -253,12 +253,15 @@ class LockedLink:
     hello), then `auth(secret)`; the other methods match `link.BadgeLink`."""
 
     progress_scale = 1.0       # wire bytes -> payload bytes for progress lines (~1)
-    # READ requests in flight. The spec allows more (requests are numbered, answered in
-    # order) and read_range handles any window (tests/station/test_locked.py uses 4), but the
-    # badge firmware on the imitation sim hangs when a request arrives while it is still busy
-    # with the previous one (2026-12-07), and one at a time already fills the link (wire use
-    # 0.98 at 115200 baud: a 4 KiB reply takes 0.36 s, the next request 3.5 ms).
-    window = 1
+    # READ requests in flight (requests are numbered and answered in order, so the badge can
+    # prepare the next reply while one streams). 2 on a serial device: it hides the badge's
+    # per-request latency (flash read + HMAC), which would cost a 921600-baud link a good
+    # share of its 45 ms per 4 KiB reply. 1 on virtual ports (socket://, /dev/pts/): the
+    # simulator serves requests at a paused virtual clock, where a request arriving while the
+    # badge is mid-frame waits for virtual time that does not pass (a realtime fleet is fine);
+    # and with no latency to hide, one at a time fills the link there (wire use 0.98).
+    # read_range handles any window (tests/station/test_locked.py uses 4 on a fake badge).
+    window: int | None = None
     retries = 3                # per idempotent request
 
     def __init__(self, port: str, *, baudrate: int = 115200, timeout_s: float = 10.0,
@@ -278,6 +281,9 @@ class LockedLink:
         self._key: bytes | None = None
         self._seq = 1
         self._nb = self._nh = b""
+        if self.window is None:
+            from .ports import BadgePort
+            self.window = 1 if BadgePort(port, "given").is_virtual else 2
 
     def __repr__(self) -> str:   # never the secret or the session key
         return f"LockedLink({self.port!r}, id={self.badge_id!r})"
