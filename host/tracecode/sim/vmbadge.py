@@ -225,7 +225,7 @@ class VMBadge:
                  board: str | None = None, profile: dict | None = None,
                  tx_power_dbm: float | None = None, body_loss_db: float = 0.0,
                  flash_size: int | None = None, battery_v: float = 3.9, seed: int = 0,
-                 heapsize: int | None = None):
+                 heapsize: int | None = None, ram_probe: bool = False):
         vm_command()
         self.fleet = fleet
         self.name = name
@@ -260,6 +260,8 @@ class VMBadge:
         self.reset_cause = 1
         self.boots = 0
         self.mem: list[int] = []                 # [alloc, free] at the end of the VM's set-up
+        self.ram_probe = ram_probe               # sample the live heap at every wait
+        self.mem_high = 0                        # its high-water mark (bytes, 64-bit VM)
         self.exit_log: list[str] = []
         self.wdt_timeout: float | None = None
         self._wdt_ev = None
@@ -606,7 +608,8 @@ class VMBadge:
         return {"uid": self.unique_id.hex(), "mac": (bytes([0x24, 0x0A, 0xC4]) + self.unique_id[3:6]).hex(),
                 "cause": self.reset_cause, "adc_uv": self.adc_uv(), "image": str(self.flash.image),
                 "blocks": self.flash.blocks, "cut_after": cut, "mode": self.mode,
-                "realtime": bool(self.fleet.realtime), "machine": _MACHINES.get(chip, _MACHINES["esp32"])}
+                "realtime": bool(self.fleet.realtime), "machine": _MACHINES.get(chip, _MACHINES["esp32"]),
+                "probe": bool(self.ram_probe)}
 
     def _answer(self, conn: socket.socket, q: int, v: Any = None) -> None:
         now = self.fleet.clock()
@@ -685,6 +688,8 @@ class VMBadge:
             self.cpu.in_host = bool(msg[1])
         elif op == "mem":
             self.mem = [msg[1], msg[2]]
+        elif op == "memhw":
+            self.mem_high = max(self.mem_high, int(msg[1]))
         elif op == "soft":
             self.mode = msg[1]
             self._kill()

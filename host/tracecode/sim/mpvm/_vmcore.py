@@ -190,5 +190,23 @@ def wait(until_ms, want_input=False):
     _field(_W_U, _W_U - _W_Q - 1, until_ms)
     _wreq[_W_I] = 49 if want_input else 48
     _s.write(_wreq)
+    if _probe:
+        _sample()
     _answer(q)
     dispatch()
+
+
+# RAM probe (tools/bench_vm_ram.py, VMBadge(ram_probe=True)): the live heap after a collection
+# at every wait; each new high-water mark goes to the host. Off by default (it allocates).
+_probe = False
+_high = 0
+
+
+def _sample():
+    global _high
+    import gc
+    gc.collect()
+    a = gc.mem_alloc()
+    if a > _high:
+        _high = a
+        send(["memhw", a])

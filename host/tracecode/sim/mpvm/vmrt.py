@@ -12,6 +12,7 @@ cfg = _vm.call(["hello"])
 _vm.cfg = cfg
 _vm._rt = bool(cfg["realtime"])
 _vm._rt0 = _realtime.ms()
+_vm._probe = bool(cfg.get("probe"))
 
 import time
 import select
