@@ -152,7 +152,8 @@ def cmd_flash(args) -> int:
         skip_image=args.skip_image, firmware_dir=Path(args.firmware_dir),
         aioble_dir=Path(args.aioble_dir) if args.aioble_dir else None,
         aioble_mip=not args.no_aioble, badge_id=args.badge_id,
-        config=_parse_config(args.config), reprovision=args.reprovision, baud=args.baud)
+        config=_parse_config(args.config), reprovision=args.reprovision, baud=args.baud,
+        lock=not args.unlocked, require_secure=args.require_secure)
     _check_config(opts.config, opts.firmware_dir)
     ports = portmod.resolve(args.port)
     if args.badge_id and len(ports) > 1:
@@ -777,6 +778,12 @@ def register(sub) -> None:
                    help="badge configuration (tx_power_dbm, scan_every_s, ...); repeatable")
     p.add_argument("--reprovision", action="store_true",
                    help="wipe a badge paired with another station (its keys and log too)")
+    p.add_argument("--unlocked", action="store_true",
+                   help="provision in developer mode: raw REPL and mpremote stay open (default: "
+                        "locked, only the paired station gets in, over protocol 2)")
+    p.add_argument("--require-secure", action="store_true",
+                   help="read the chip's security state with esptool and refuse a chip without "
+                        "flash encryption before anything is written")
     p.add_argument("--baud", type=int, default=460800, help="esptool baud rate")
     p.add_argument("--dry-run", action="store_true", help="print every step, touch nothing")
     p.add_argument("--json", action="store_true")

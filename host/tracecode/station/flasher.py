@@ -477,5 +477,6 @@ def flash_badge(port: BadgePort, opts: FlashOptions, db: Database, *,
         if link is not None:
             link.close()
     return {"port": port.device, "badge_id": link_box.get("badge_id"),
-            "board": opts.board.name, "steps": len(steps),
+            "board": opts.board.name, "steps": len(steps), "locked": opts.lock,
+            "security": opts.security.get(port.device),
             "warnings": link_box.get("warnings", [])}
