@@ -19,14 +19,29 @@ except OSError:
 
 if tc_locked:
     try:
-        import tcbadge.app
-        import tcbadge.hostproto
+        # Every module is compiled first, the garbage of compiling collected, then the long-
+        # lived buffers are taken: on the VM badge's ESP32-sized heap, compiling hostproto
+        # after the app's tables exist (or the app after its frame buffer) fails with
+        # MemoryError in some layouts; this order boots with ~10 KB (64-bit) to spare.
+        import gc
 
+        import tcbadge.hostproto
+        import tcbadge.app
+
+        gc.collect()
+        tc_host = tcbadge.hostproto.Server()
         tc_app = tcbadge.app.App()
-        tcbadge.hostproto.attach(tc_app)
+        tc_host.attach(tc_app)
         tcbadge.app.run_app(tc_app)
-    except Exception:  # noqa: BLE001 - never the REPL: reset below
-        pass
+    except Exception as e:  # noqa: BLE001 - never the REPL: recorded, then reset below
+        try:
+            import sys
+
+            with open("/tc/crash.txt", "w") as f:
+                f.write("main.py: ")
+                sys.print_exception(e, f)
+        except Exception:  # noqa: BLE001
+            pass
     except KeyboardInterrupt:
         pass
     except SystemExit:

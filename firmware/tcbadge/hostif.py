@@ -32,11 +32,9 @@ LOCK_PATH = "/tc/locked"
 
 
 class HostError(Exception):
-    # A refusal with a protocol error code ("auth", "clock", "no-consent", "locked", ...).
-    def __init__(self, code, msg):
-        Exception.__init__(self, msg)
-        self.code = code
-        self.msg = msg
+    # A refusal with a protocol error code: HostError(code, msg), code "auth", "clock",
+    # "no-consent", "locked", ... (MicroPython exceptions take no attributes: both are args).
+    pass
 
 
 def _out(obj):
@@ -74,7 +72,7 @@ def is_locked(root=""):
 def error_reply(e):
     # (code, msg) of an exception raised by a Core method; never a key or the secret.
     if isinstance(e, HostError):
-        return e.code, e.msg
+        return e.args[0], e.args[1]
     if isinstance(e, (ValueError, TypeError, KeyError)):
         return "input", str(e)
     if isinstance(e, OSError):

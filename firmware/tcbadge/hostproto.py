@@ -24,6 +24,7 @@
 #   so a long EXPORT is never cut). PROVISION ends the session after its reply.
 import asyncio
 import binascii
+import gc
 import hashlib
 import json
 import os
@@ -86,10 +87,11 @@ _CRC_T = (0x00000000, 0x1DB71064, 0x3B6E20C8, 0x26D930AC, 0x76DC4190, 0x6B6B51F4
           0xA00AE278, 0xBDBDF21C)
 
 
-def crc32(data):
+def crc32(data, crc=0):
+    # CRC-32 (zlib), continued from `crc` (the value over the bytes before).
     if _crc32 is not None:
-        return _crc32(data) & 0xFFFFFFFF
-    c = 0xFFFFFFFF
+        return _crc32(data, crc) & 0xFFFFFFFF
+    c = crc ^ 0xFFFFFFFF
     t = _CRC_T
     for b in data:
         c = t[(c ^ b) & 15] ^ (c >> 4)
@@ -120,15 +122,23 @@ class _Mac:
         self._i = bytes(i)
         self._o = bytes(o)
 
-    def tag(self, d, data):
-        # The first 16 bytes of HMAC(key, d + data).
+    def start(self, d):
         h = hashlib.sha256(self._i)
         h.update(d)
-        h.update(data)
+        return h
+
+    def end(self, h):
+        # The first 16 bytes of the HMAC of what went into h.
         inner = h.digest()
         h = hashlib.sha256(self._o)
         h.update(inner)
         return h.digest()[:_TAG]
+
+    def tag(self, d, data):
+        # The first 16 bytes of HMAC(key, d + data).
+        h = self.start(d)
+        h.update(data)
+        return self.end(h)
 
 
 class Frame(Exception):
@@ -182,18 +192,17 @@ def rmtree(path):
 
 
 class Server:
+    # Server() first (its frame buffer taken from a fresh heap), then attach(app) once the app
+    # exists (main.py), or Server(app) in one go.
     def __init__(self, app=None, root=None, inp=None, out=None):
-        self.app = app
-        self.root = root if root is not None else (app.root if app is not None else "")
-        self.core = hostif.Core(self.root, app)
         self._in = inp if inp is not None else sys.stdin.buffer
         self._out = out if out is not None else sys.stdout.buffer
         self._reader = None
         self._poll = None
         self._rx = bytearray(_CAP)
         self._rxv = memoryview(self._rx)
-        self._tx = bytearray(_CAP)
-        self._txv = memoryview(self._tx)
+        self._hdr = bytearray(10)
+        self._chunk = bytearray(256)
         self._one = bytearray(1)
         self._s = 0  # frame start in _rx
         self._n = 0  # bytes held in _rx
@@ -208,6 +217,25 @@ class Server:
         self._last = 0
         self.frames = 0  # valid frames served
         self.dropped = 0  # bytes dropped while hunting for frames
+        self.bind(app, root)
+
+    def bind(self, app=None, root=None):
+        self.app = app
+        self.root = root if root is not None else (app.root if app is not None else "")
+        self.core = hostif.Core(self.root, app) if app is not None or root is not None else None
+        return self
+
+    def _core(self):
+        c = self.core
+        if c is None:
+            raise hostif.HostError("internal", "not attached to the app")
+        return c
+
+    def attach(self, app):
+        # Serve from the app's next run() on: a supervised task, restarted if it fails.
+        self.bind(app)
+        app.add_task("host", self.run)
+        return self
 
     # -- serial input
     def _open(self):
@@ -322,31 +350,59 @@ class Server:
             return ln
 
     # -- serial output
-    def _send(self, typ, seq, plen, tagged):
-        # Frame the payload already in _tx[10 : 10 + plen] and write it.
-        tx = self._tx
+    def _send(self, typ, seq, payload, tagged, f=None, n=0):
+        # One frame, written in pieces (no frame-sized buffer): the payload is `payload`, or
+        # n bytes read from file f in small chunks (READ).
+        plen = len(payload) if f is None else n
         ln = _HEAD + plen + (_TAG if tagged else 0)
-        tx[0] = _MAGIC0
-        tx[1] = _MAGIC1
-        tx[2] = ln & 0xFF
-        tx[3] = ln >> 8
-        tx[4] = _VER
-        tx[5] = typ
-        struct.pack_into("<I", tx, 6, seq)
-        if tagged:
-            mac = self._mac
-            tx[10 + plen : 10 + plen + _TAG] = mac.tag(b"B", self._txv[4 : 10 + plen])  # type: ignore
-        struct.pack_into("<I", tx, 4 + ln, crc32(self._txv[2 : 4 + ln]))
-        self._out.write(self._txv[: 8 + ln])
+        h = self._hdr
+        h[0] = _MAGIC0
+        h[1] = _MAGIC1
+        h[2] = ln & 0xFF
+        h[3] = ln >> 8
+        h[4] = _VER
+        h[5] = typ
+        struct.pack_into("<I", h, 6, seq)
+        hv = memoryview(h)
+        out = self._out
+        crc = crc32(hv[2:10])
+        m = None
+        mac = self._mac
+        if tagged and mac is not None:
+            m = mac.start(b"B")
+            m.update(hv[4:10])
+        out.write(h)
+        if f is None:
+            crc = crc32(payload, crc)
+            if m is not None:
+                m.update(payload)
+            out.write(payload)
+        else:
+            c = self._chunk
+            cv = memoryview(c)
+            left = n
+            while left > 0:
+                k = f.readinto(cv[: left if left < len(c) else len(c)]) or 0
+                if k <= 0:
+                    break  # cannot happen (the size was checked): a short frame, dropped by the host
+                piece = cv[:k]
+                crc = crc32(piece, crc)
+                if m is not None:
+                    m.update(piece)
+                out.write(piece)
+                left -= k
+        if m is not None:
+            t = mac.end(m)  # type: ignore
+            crc = crc32(t, crc)
+            out.write(t)
+        struct.pack_into("<I", h, 0, crc)
+        out.write(hv[:4])
 
     def _reply(self, typ, seq, payload, tagged):
-        n = len(payload)
-        if n > _MAX_LEN - _HEAD - _TAG:
+        if len(payload) > _MAX_LEN - _HEAD - _TAG:
             typ = T_ERROR
             payload = _dumps({"error": "internal", "msg": "reply too long"}).encode()
-            n = len(payload)
-        self._tx[10 : 10 + n] = payload
-        self._send(typ, seq, n, tagged)
+        self._send(typ, seq, payload, tagged)
 
     def _json(self, typ, seq, obj, tagged):
         self._reply(typ, seq, _dumps(obj).encode(), tagged)
@@ -371,7 +427,7 @@ class Server:
         self._nh = bytes(p)
         nb = os.urandom(16)
         self._nb = nb
-        i = self.core.info()
+        i = self._core().info()
         js = _dumps({"proto": 2, "fw": i["fw"], "id": i["id"],
                      "locked": hostif.is_locked(self.root)}).encode()
         self._reply(T_HELLO | 0x80, 0, nb + js, False)
@@ -383,11 +439,11 @@ class Server:
         if seq != 0:
             self._error(seq, "seq", "AUTH has SEQ 0", False)
             return
-        secret = self.core.prov.secret()
+        secret = self._core().prov.secret()
         if secret is None or nb is None or nh is None:
             self._error(seq, "auth", "no pairing secret or no nonce (send HELLO first)", False)
             return
-        bid = self.core.prov.badge_id().encode()
+        bid = self._core().prov.badge_id().encode()
         want = crypto.hmac_sha256(secret, b"tc-auth-v2/host" + nb + nh + bid)
         if len(p) != 32 or not hostif.same(want, p):
             self._error(seq, "auth", "wrong MAC", False)
@@ -463,9 +519,12 @@ class Server:
 
     def _request(self, typ, p):
         # The synchronous requests: (reply object, what to do after replying).
-        core = self.core
+        core = self._core()
         if typ == T_STATUS:
-            return core.status(), None
+            st = core.status()
+            gc.collect()
+            st["mem_free"] = gc.mem_free()
+            return st, None
         if typ == T_SEGMENTS:
             return core.segments(), None
         if typ == T_SET_TIME:
@@ -500,17 +559,18 @@ class Server:
         if n > _MAX_READ:
             n = _MAX_READ
         path = self.root + "/log/" + str(day) + ".tcl"
-        if fsutil.size(path) < 0:
+        size = fsutil.size(path)
+        if size < 0:
             raise ValueError("no segment for day %d" % day)
-        got = 0
+        got = size - off if off < size else 0
+        if got > n:
+            got = n
         with open(path, "rb") as f:
             f.seek(off)
-            if n:
-                got = f.readinto(self._txv[10 : 10 + n]) or 0
-        self._send(T_READ | 0x80, seq, got, True)
+            self._send(T_READ | 0x80, seq, None, True, f, got)
 
     async def _export(self, p):
-        core = self.core
+        core = self._core()
         wait_ms = core.export_wait_ms(self._obj(p).get("wait_ms", 30000))
         prof = core.prov.profile()
         b = prof.get("button")
@@ -581,7 +641,7 @@ class Server:
             if not isinstance(files, list) or not files:
                 raise ValueError("files must be a non-empty list")
             names = []
-            buf = bytearray(512)
+            buf = self._chunk
             for f in files:
                 if not isinstance(f, dict):
                     raise ValueError("files must be objects")
@@ -633,6 +693,4 @@ class Server:
 
 def attach(app):
     # Serve the protocol from the app's next run() on (a supervised task, restarted if it fails).
-    srv = Server(app)
-    app.add_task("host", srv.run)
-    return srv
+    return Server().attach(app)

@@ -83,6 +83,16 @@ class Bench:
         time.sleep(0.1)
         self.link.take()
 
+    def send_and_wait(self, data):
+        """Send bytes and wait until the badge's console has them (before virtual time runs)."""
+        con = self.alice.console
+        want = con.rx_bytes + len(data)
+        self.link.send(data)
+        end = time.monotonic() + 10
+        while con.rx_bytes < want and time.monotonic() < end:
+            time.sleep(0.005)
+        assert con.rx_bytes >= want
+
     def run(self, seconds):
         """Let virtual time run (the fleet is paused otherwise: requests are served at once,
         at a frozen virtual time, by the simulator's host driver)."""
@@ -98,8 +108,13 @@ class Bench:
             except BaseException as e:  # noqa: BLE001
                 res["e"] = e
 
+        con = self.alice.console
+        before = con.rx_bytes
         t = threading.Thread(target=go, daemon=True)
         t.start()
+        end = time.monotonic() + 10
+        while con.rx_bytes == before and time.monotonic() < end:   # the request is in
+            time.sleep(0.005)
         time.sleep(0.2)
         n = 0.0
         while n < seconds and t.is_alive():
@@ -299,14 +314,15 @@ def test_garbage_and_control_bytes_get_nothing_and_tracing_goes_on(bench):
             fc.frame(bytes([3, fc.HELLO]) + b"\0" * 4 + b"n" * 16)]       # another version
     junk += [rnd.randbytes(rnd.randrange(1, 300)).replace(b"\xa7", b"") for _ in range(30)]
     for j in junk:
-        bench.link.send(j)
+        bench.send_and_wait(j)
     assert c.silence(0.5) == b""
     bench.run(5)
     assert c.silence(0.2) == b""
     # a frame cut short, then a whole one: answered once the cut frame's time is up
-    bench.link.send(fc.frame(fc.body(fc.STATUS, 1, b"x" * 200))[:50])
+    bench.send_and_wait(fc.frame(fc.body(fc.STATUS, 1, b"x" * 200))[:50])
     nh = b"h" * 16
-    bench.link.send(fc.frame(fc.body(fc.HELLO, 0, nh)))
+    bench.send_and_wait(fc.frame(fc.body(fc.HELLO, 0, nh)))
+    assert c.silence(0.3) == b""                         # inside the cut frame, for now
     bench.run(3)
     c.nh = nh
     typ, seq, p, tagged = c.read_reply()
