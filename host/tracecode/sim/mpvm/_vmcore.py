@@ -78,6 +78,23 @@ def _u(b, off, n):
     return v
 
 
+def gone():
+    """The host closed the link (it died without killing this VM): sleep for good. Reading
+    the closed socket again would return at once, and an orphaned badge would spin a CPU."""
+    import select
+    select._poll().poll(-1)      # nothing registered: only a signal ends this wait
+    while True:
+        select._poll().poll(-1)
+
+
+def halt():
+    """Wait for the host to kill this VM (reset, soft reset, power cut)."""
+    b = bytearray(1)
+    while _s.readinto(b):
+        pass
+    gone()
+
+
 def _answer(q):
     """Read answers until the one to request `q`; returns its payload's 'v' (None if none)."""
     global _t, _r, _rt0
@@ -85,9 +102,7 @@ def _answer(q):
     while True:
         n = _s.readinto(h)
         if not n:
-            # the host went away: this badge has no power any more
-            while True:
-                _s.readinto(h)
+            gone()      # the host went away: this badge has no power any more
         ln = _u(h, _A_LEN, 4)
         a = None
         if ln:

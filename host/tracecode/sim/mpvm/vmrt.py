@@ -34,8 +34,7 @@ _BS = const(4096)
 
 def _on_cut():
     _vm.send(["cut"])
-    while True:
-        _vm._s.readline()
+    _vm.halt()
 
 
 def _mount():
@@ -158,8 +157,7 @@ def _run_file(name, host):
 def _soft_reset():
     _ws("MPY: soft reboot\r\n")
     _vm.send(["soft", _mode])
-    while True:
-        _vm._s.readline()
+    _vm.halt()
 
 
 _BANNER = "MicroPython v%d.%d.%d on 2026-07-05; %s\r\nType \"help()\" for more information.\r\n" % (
