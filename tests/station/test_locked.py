@@ -459,30 +459,6 @@ def stored(db, bid):
     return {bytes(r["raw"]) for r in db.encounters(bid)}
 
 
-def run_while(fleet, fn, step=0.1, limit_s=90.0):
-    """Run `fn` (a station command) in a thread while the fleet's virtual time runs (`step`
-    virtual seconds per 50 ms): the simulator serves requests at a paused clock, so a badge
-    waiting (EXPORT's button, the delay before a reset) needs time to pass."""
-    res = {}
-
-    def go():
-        try:
-            res["v"] = fn()
-        except BaseException as e:  # noqa: BLE001
-            res["e"] = e
-
-    t = threading.Thread(target=go, daemon=True)
-    t.start()
-    end = time.monotonic() + limit_s
-    while t.is_alive() and time.monotonic() < end:
-        time.sleep(0.05)
-        fleet.run_for(step)
-    t.join(5)
-    if "e" in res:
-        raise res["e"]
-    return res.get("v")
-
-
 def log_files(badge):
     d = Path(badge.flash.root) / "log"
     return sorted(p.name for p in d.glob("*.tcl")) if d.exists() else []
@@ -580,16 +556,17 @@ def test_diagnose_with_consent_on_a_locked_badge(db, tmp_path, capsys):
         priv, pub = generate_signing_key(tmp_path / "keys")
         args = ["diagnose", "--badge", bid, "--port", url, "--db", str(db.path), "--out",
                 str(tmp_path / "out"), "--signing-key", str(priv), "--json"]
+        # virtual time runs at wall-clock speed during the session (docs/sim.md): the badge's
+        # waits (EXPORT's button, the delay before a reset) need no help from the test
         badge.press_button(duration=20)                 # held since BEFORE the request: no
-        rc = run_while(fleet, lambda: main(args + ["--wait", "2"]))       # consent
+        rc = main(args + ["--wait", "2"])               # consent
         cap = capsys.readouterr()
         assert rc == 5 and "no consent" in cap.err and db.diagnosed_keys() == [], cap.err
         fleet.run_for(20)
         # the wearer presses once asked (the prompt comes just before the request)
         from tracecode.station.diagnose import diagnose
-        res = run_while(fleet, lambda: diagnose(
-            db, url, bid, out_dir=tmp_path / "out", signing_key=priv, wait_s=10,
-            prompt=lambda text: badge.press_button(after=2.0)))
+        res = diagnose(db, url, bid, out_dir=tmp_path / "out", signing_key=priv, wait_s=10,
+                       prompt=lambda text: badge.press_button(after=2.0))
         cap = capsys.readouterr()
         batch = load_batch(res["file"], pubkeys=[pub])
         got = {k.rolling_start_interval_number: k.key_data for k in batch.keys}
@@ -604,7 +581,7 @@ def test_diagnose_with_consent_on_a_locked_badge(db, tmp_path, capsys):
 def test_maintenance_unlock_then_relock(fleet, db, capsys):
     badge, url, bid = provision_locked(fleet, db, "ivan")
     want = fill_log(badge, fleet, days=1, per_day=20)
-    rc = run_while(fleet, lambda: main(["unlock", url, "--db", str(db.path), "--json"]))
+    rc = main(["unlock", url, "--db", str(db.path), "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0 and doc["unlocked"] and doc["mode"] == "developer" and doc["badge_id"] == bid
     with BadgeLink(url) as link:                      # the raw REPL answers again
@@ -643,8 +620,7 @@ def test_firmware_update_over_the_locked_protocol(fleet, db, tmp_path, capsys):
     init = fw / "tcbadge" / "__init__.py"
     old = flasher.DEFAULT_FIRMWARE_DIR / "tcbadge" / "__init__.py"
     init.write_text(old.read_text().replace('VERSION = "', 'VERSION = "9.9.9-', 1))
-    rc = run_while(fleet, lambda: main(["update", url, "--firmware", str(fw), "--db",
-                                        str(db.path), "--json"]))
+    rc = main(["update", url, "--firmware", str(fw), "--db", str(db.path), "--json"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     doc = json.loads(cap.out)

@@ -27,6 +27,13 @@ BOOT_STRAP_PIN = {"esp32": 0, "esp32s2": 0, "esp32s3": 0,
                   "esp32c2": 9, "esp32c3": 9, "esp32c6": 9, "esp32h2": 9}
 EN_SETTLE_S = 0.005   # EN's RC (10 kOhm, 1 uF on a DevKitC) before the strapping pins are read
 
+# Host protocol v2 sessions (docs/sim.md, "Time during host sessions"): a frame starts with
+# these two bytes. While a host is in a session with a badge, a paused fleet lets virtual time
+# run at wall-clock speed.
+FRAME_MAGIC = b"\xa7\x7c"
+SESSION_LINGER_S = 2.0     # wall seconds after the last frame either way
+SESSION_PENDING_MAX_S = 120.0   # an unanswered request keeps time running at most this long
+
 
 def boot_strap_pin(profile: dict | None) -> int:
     chip = str((profile or {}).get("chip", "esp32")).lower().replace("-", "").replace("_", "")
@@ -63,6 +70,16 @@ class Console:
         self._lines_lock = threading.RLock()
         self._en_timer: threading.Timer | None = None
         self._en_token = 0
+        # protocol v2 session tracking (wall clock, time.monotonic())
+        self._sess_in = None          # last frame from the host
+        self._sess_out = None         # last frame from the badge
+        self._sess_pending = False    # a frame came in after the badge's last frame
+        self._sess_v2 = False         # this badge has answered a frame (it speaks protocol 2)
+        self._sess_tail_in = b""
+        self._sess_tail_out = b""
+        reg = getattr(badge.fleet, "_session_consoles", None)
+        if reg is not None:
+            reg.append(self)
 
     # -- configuration -------------------------------------------------------------------------
     def throttle(self, bytes_per_s: float | None) -> None:
@@ -154,6 +171,44 @@ class Console:
         if self._endpoint is not None:
             self._out.put(data)
 
+    # -- protocol v2 sessions ----------------------------------------------------------------------
+    def _note_frames(self, data: bytes, incoming: bool) -> None:
+        """Watch the bytes either way for frame starts (MAGIC, also split across chunks)."""
+        tail = self._sess_tail_in if incoming else self._sess_tail_out
+        if FRAME_MAGIC in tail + data[:1] or FRAME_MAGIC in data:
+            now = time.monotonic()
+            if incoming:
+                self._sess_in = now
+                self._sess_pending = True
+                started = getattr(self.badge.fleet, "_session_started", None)
+                if started is not None:
+                    started()
+            else:
+                self._sess_out = now
+                self._sess_pending = False
+                self._sess_v2 = True
+        if data:
+            if incoming:
+                self._sess_tail_in = data[-1:]
+            else:
+                self._sess_tail_out = data[-1:]
+
+    def session_active(self, now: float | None = None) -> bool:
+        """Is a host in a protocol v2 session with this badge (wall clock `now`)? Yes within
+        SESSION_LINGER_S of the last frame either way, and while a request to a badge that
+        speaks protocol 2 is unanswered and its host still connected (SESSION_PENDING_MAX_S at
+        most: an EXPORT waits for the wearer's button)."""
+        t_in = self._sess_in
+        if t_in is None:
+            return False
+        if now is None:
+            now = time.monotonic()
+        last = t_in if self._sess_out is None else max(t_in, self._sess_out)
+        if now < last + SESSION_LINGER_S:
+            return True
+        return (self._sess_pending and self._sess_v2 and self._endpoint is not None
+                and now < t_in + SESSION_PENDING_MAX_S)
+
     # -- badge side ------------------------------------------------------------------------------
     def has_input(self) -> bool:
         return bool(self._in)
@@ -169,6 +224,8 @@ class Console:
     def write(self, data: bytes) -> None:
         if not data or not self.badge.powered:
             return
+        if self._endpoint is not None:
+            self._note_frames(data, False)
         self.transcript += data
         if len(self.transcript) > 65536:
             del self.transcript[:-32768]
@@ -181,6 +238,7 @@ class Console:
 
     # -- host side ---------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
+        self._note_frames(data, True)
         if self.held:       # in reset or in the ROM's download mode: nobody reads the UART
             self.rx_bytes += len(data)
             return

@@ -7,7 +7,9 @@ the baton back. Virtual time never moves while badge code runs; it jumps to the 
 
 Drivers: `Fleet.run_until(t)` (virtual time, caller's thread), a background realtime driver
 (`realtime=True`), and an on-demand driver that serves host console sessions while the fleet
-is otherwise paused (it only advances time while host-issued code is waiting on a timer).
+is otherwise paused. It advances time only while host-issued REPL code waits on a timer
+(protocol 1: as fast as it can), and at wall-clock speed while a host is in a protocol v2
+session with a badge (console.Console.session_active; docs/sim.md "Time during host sessions").
 """
 
 from __future__ import annotations
@@ -83,6 +85,12 @@ class Scheduler:
         self._wall0 = _time.monotonic()
         self._aux: threading.Thread | None = None
         self._rt: threading.Thread | None = None
+        # protocol v2 sessions: consoles register here; while one is active the aux driver
+        # lets virtual time follow the wall clock from an anchor (virtual, wall)
+        self._session_consoles: list = []
+        self._sess_anchor: tuple[float, float] | None = None
+        self._aux_cap = 0.0
+        self.session_time = 0.0        # virtual seconds run by host sessions (diagnostics)
         self.events_processed = 0
         _install_unraisable_filter()
 
@@ -227,26 +235,70 @@ class Scheduler:
                 return True
         return False
 
+    def _session_active(self) -> bool:
+        now = _time.monotonic()
+        for c in self._session_consoles:
+            if c.session_active(now):
+                return True
+        return False
+
+    def _session_started(self) -> None:
+        """A console saw a frame from its host: wake the aux driver (any thread)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _session_cap(self) -> float | None:
+        """How far virtual time may run for host sessions now: the anchor's virtual time plus
+        the wall time since; None when no session is active. Time run by others (run_until,
+        the protocol 1 rule) moves the anchor, never backwards."""
+        if not self._session_consoles or not self._session_active():
+            self._sess_anchor = None
+            return None
+        wall = _time.monotonic()
+        a = self._sess_anchor
+        if a is None or a[0] + (wall - a[1]) < self.now:
+            a = self._sess_anchor = (self.now, wall)
+        return a[0] + (wall - a[1])
+
     def _aux_limit(self) -> float:
-        return float("inf") if self._host_needs_time() else self.now
+        return float("inf") if self._host_needs_time() else max(self.now, self._aux_cap)
 
     def _aux_loop(self) -> None:
         self._pin_thread()
         while True:
             with self._cond:
+                wait = 0.5
+                cap = None
                 while not self._closed:
                     if not self._driving:
                         nt = self._next_time_locked()
+                        cap = self._session_cap()
                         if nt is not None and (nt <= self.now or self._host_needs_time()):
                             self._take_driver_locked()
                             break
-                    self._cond.wait(0.5)
+                        if cap is not None:
+                            # a host session: follow the wall clock (events up to cap, and the
+                            # clock itself in steps of at most 50 ms)
+                            if (nt is not None and nt <= cap) or cap >= self.now + 0.05:
+                                self._take_driver_locked()
+                                break
+                            wait = 0.05 if nt is None else min(0.05, max(0.001, nt - cap))
+                        else:
+                            wait = 0.5
+                    self._cond.wait(wait)
                 if self._closed:
                     return
             try:
+                self._aux_cap = cap if cap is not None else self.now
                 self._limit_fn = self._aux_limit
+                start = self.now
                 self._drive()
+                if cap is not None and not self._closed:
+                    if cap > self.now:
+                        self.now = cap
+                    self.session_time += self.now - start
             finally:
+                self._aux_cap = 0.0
                 self._release_driver()
 
     def _next_time_locked(self) -> float | None:

@@ -200,6 +200,7 @@ class VMConsole(Console):
     """The serial console: host endpoints (pty, socket) <-> the VM's stdin/stdout."""
 
     def feed(self, data: bytes) -> None:
+        self._note_frames(data, True)
         b = self.badge
         out = bytearray()
         for c in data:
