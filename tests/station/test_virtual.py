@@ -15,7 +15,8 @@ from tracecode.cli import main
 from tracecode.errors import DeviceError, TraceCodeError
 from tracecode.station import flasher, logfmt
 from tracecode.station.db import Database
-from tracecode.station.link import BadgeLink, BadgeRefused
+from tracecode.station import frames
+from tracecode.station.link import BadgeLink, BadgeRefused, open_link
 from tracecode.station.ports import BadgePort
 from tracecode.station.sync import sync_badge
 
@@ -57,18 +58,25 @@ def db(tmp_path):
     d.close()
 
 
-def provision(fleet, db, name, position=(0.0, 0.0), board=BOARD):
-    """A blank virtual badge, flashed (files + provisioning) by the station code."""
+def provision(fleet, db, name, position=(0.0, 0.0), board=BOARD, lock=True):
+    """A blank virtual badge, flashed (files + provisioning) by the station code: locked (the
+    product's default, protocol 2) unless `lock=False` (developer mode, the raw REPL)."""
     badge = fleet.add_badge(name, position=position, board=board)
     badge.power_on()
     url = badge.console_url()
-    # VM badges in developer mode (raw REPL): the framed protocol of a locked badge is not
-    # yet served on the VM's console (see docs/sim.md)
-    vm = getattr(badge, "backend", "imitation") == "vm"
     opts = flasher.FlashOptions(board=flasher.Board.load(board), skip_image=True,
-                                aioble_mip=False, now=fleet.unix_time, **({"lock": False} if vm else {}))
+                                aioble_mip=False, now=fleet.unix_time, lock=lock)
     res = flasher.flash_badge(BadgePort(url), opts, db)
     return badge, url, res["badge_id"]
+
+
+def link_class(url):
+    """The link class `open_link` picks for the badge at `url` (LockedLink or BadgeLink)."""
+    link = open_link(url)
+    try:
+        return type(link)
+    finally:
+        link.close()
 
 
 def fill_log(badge, fleet, days=3, per_day=50, corrupt=None, seed=1):
@@ -128,12 +136,19 @@ def test_flash_cli_provisions_and_refuses_foreign_badge(fleet, tmp_path, capsys)
     prov = json.loads(badge.flash.read("/tc/prov.json"))
     assert prov["id"] == "carol-01" and prov["config"]["scan_every_s"] == 60
     assert bytes.fromhex(prov["secret"]) == secret
-    with BadgeLink(url) as link:          # firmware answers and the secret works
+    link = open_link(url)                 # firmware answers (locked) and the secret works
+    try:
+        assert isinstance(link, frames.LockedLink) and link.hello["locked"]
         assert link.hello["provisioned"] and link.badge_id == "carol-01"
         link.auth(secret)
-    # re-flashing from the same station keeps the pairing
+    finally:
+        link.close()
+    # re-flashing from the same station keeps the pairing: a locked badge has no raw REPL,
+    # so the station unlocks it first (maintenance unlock), and flashes it in developer mode
+    # (--unlocked) because the refusals below are the flasher's own, over the raw REPL
+    assert main(["unlock", url, "--db", str(dbp)]) == 0
     assert main(["flash", "--board", BOARD, "--skip-image", "--no-aioble", "--port", url,
-                 "--db", str(dbp)]) == 0
+                 "--db", str(dbp), "--unlocked"]) == 0
     with Database(dbp) as d:
         assert d.secret("carol-01") == secret
     # another station may not take the badge over silently, nor install its own firmware
@@ -160,8 +175,11 @@ def test_flash_cli_provisions_and_refuses_foreign_badge(fleet, tmp_path, capsys)
     err = capsys.readouterr().err
     assert rc == 4 and "refused this station" in err and secret.hex() not in err
     assert _flash_tree(badge) == mine
-    with BadgeLink(url) as link:                 # still ours, still answering
+    link = open_link(url)                        # still ours, still answering
+    try:
         link.auth(secret)
+    finally:
+        link.close()
 
 
 def _flash_tree(badge) -> dict:
@@ -209,7 +227,9 @@ def test_unplug_mid_sync_loses_and_duplicates_nothing(any_fleet, db):
         assert db.encounter_count(bid) == 0    # nothing half-committed
         assert len(log_files(badge)) == 3      # nothing acknowledged, nothing freed
 
-    class UnplugBeforeAck(BadgeLink):
+    Link = link_class(url)                     # a locked badge: frames.LockedLink
+
+    class UnplugBeforeAck(Link):
         def ack(self, day, offset):
             badge.console.disconnect()
             return super().ack(day, offset)
@@ -224,7 +244,10 @@ def test_unplug_mid_sync_loses_and_duplicates_nothing(any_fleet, db):
     assert log_files(badge) == []
     statuses = [s["status"] for s in db.sessions(bid)]
     # (the 200-byte cut falls before authentication, so before a session exists)
-    assert statuses.count("failed") == 3 and statuses[-1] == "ok"
+    # (protocol 2's handshake is ~120 bytes: the 200-byte cut falls after authentication, so
+    # all four failed syncs had a session; a developer-mode badge's 200-byte cut has none)
+    assert statuses.count("failed") == (4 if Link is frames.LockedLink else 3)
+    assert statuses[-1] == "ok"
 
 
 def _on_flash(badge) -> set:
@@ -253,8 +276,9 @@ def test_seeded_unplugs_tracing_resumes_nothing_lost_or_duplicated(fleet, db):
     fill_log(badge, fleet, days=2, per_day=300, seed=9)          # ~25 KB to pull at first
     rnd = random.Random(30)
     seen = _on_flash(badge)                                      # every record ever written
+    Link = link_class(url)                                       # locked: frames.LockedLink
 
-    class UnplugBeforeAck(BadgeLink):
+    class UnplugBeforeAck(Link):
         def ack(self, day, offset):
             badge.console.disconnect()
             return super().ack(day, offset)
@@ -267,7 +291,7 @@ def test_seeded_unplugs_tracing_resumes_nothing_lost_or_duplicated(fleet, db):
         if before_ack:
             factory = UnplugBeforeAck
         else:
-            factory = BadgeLink
+            factory = Link
             badge.console.disconnect_after(rnd.randrange(0, full))
         tx = badge.console.tx_bytes
         try:
@@ -297,7 +321,9 @@ def test_seeded_unplugs_tracing_resumes_nothing_lost_or_duplicated(fleet, db):
 
 
 def test_unauthenticated_host_is_refused(fleet, db, tmp_path):
-    badge, url, bid = provision(fleet, db, "dave")
+    # developer mode: the raw REPL's Host object is called without authenticating (a locked
+    # badge has no REPL; its refusals are in test_locked.py)
+    badge, url, bid = provision(fleet, db, "dave", lock=False)
     fill_log(badge, fleet, days=1, per_day=10)
     with Database(tmp_path / "stranger.sqlite") as other:
         with pytest.raises(DeviceError, match="unknown to this station"):
@@ -320,7 +346,8 @@ def test_session_left_by_an_unplugged_sync_is_refused_to_the_next_host(fleet, db
     """The owner's sync is unplugged after authenticating; the badge's REPL still holds its
     `h`. A stranger enters the raw REPL without a soft reset (as `mpremote resume exec`
     does) and calls h directly: refused, nothing read, acknowledged or set."""
-    badge, url, bid = provision(fleet, db, "ivan")
+    # developer mode: the stranger uses the raw REPL, which a locked badge does not have
+    badge, url, bid = provision(fleet, db, "ivan", lock=False)
     fill_log(badge, fleet, days=2, per_day=20)
 
     class UnplugBeforeAck(BadgeLink):
