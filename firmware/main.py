@@ -17,31 +17,19 @@ except OSError:
     micropython.kbd_intr(3)
 
 
+# Ballast: a block taken before anything is compiled, freed just before the app takes its
+# long-lived buffers, so that they find one contiguous hole instead of the gaps that
+# compiling leaves (the MicroPython VM badge hit MemoryError for a 5 KB table otherwise).
+import tcbadge
+
+tcbadge.RUN["ballast"] = bytearray(8192)
 if tc_locked:
     try:
-        # Every module is compiled first, the garbage of compiling collected, then the long-
-        # lived buffers are taken: on the VM badge's ESP32-sized heap, compiling hostproto
-        # after the app's tables exist (or the app after its frame buffer) fails with
-        # MemoryError in some layouts; this order boots with ~10 KB (64-bit) to spare.
-        import gc
-
         import tcbadge.hostproto
-        import tcbadge.app
 
-        gc.collect()
-        tc_host = tcbadge.hostproto.Server()
-        tc_app = tcbadge.app.App()
-        tc_host.attach(tc_app)
-        tcbadge.app.run_app(tc_app)
-    except Exception as e:  # noqa: BLE001 - never the REPL: recorded, then reset below
-        try:
-            import sys
-
-            with open("/tc/crash.txt", "w") as f:
-                f.write("main.py: ")
-                sys.print_exception(e, f)
-        except Exception:  # noqa: BLE001
-            pass
+        tcbadge.hostproto.main()  # the locked app; returns only when it ended
+    except Exception:  # noqa: BLE001 - never the REPL: reset below
+        pass
     except KeyboardInterrupt:
         pass
     except SystemExit:
@@ -61,5 +49,9 @@ else:
     except (ImportError, MemoryError):
         pass
 
+    tcbadge.RUN.pop("ballast", None)
+    import gc
+
+    gc.collect()
     tc_app = tcbadge.app.App()
     tcbadge.app.run_app(tc_app)

@@ -35,6 +35,8 @@ import time
 
 from micropython import const
 
+import tcbadge
+
 from . import config, crypto, fsutil, hostif
 
 _MAGIC0 = const(0xA7)
@@ -689,6 +691,31 @@ class Server:
             finally:
                 self._skip(ln + 8)
             await asyncio.sleep_ms(0)  # a stream of frames never starves the other tasks
+
+
+def main(root=""):
+    # The locked badge's program (main.py): the app with the protocol server; returns only when
+    # the app ended (main.py then resets the badge). Everything is compiled first, the garbage
+    # of compiling collected, then the long-lived buffers are taken: on the VM badge's
+    # ESP32-sized heap, compiling this module after the app's tables exist (or the app after
+    # the frame buffer) failed with MemoryError in some layouts.
+    try:
+        from . import app as tcapp
+
+        tcbadge.RUN.pop("ballast", None)  # main.py's: the hole the buffers go into
+        gc.collect()
+        srv = Server()
+        a = tcapp.App(root)
+        srv.attach(a)
+        tcapp.run_app(a)
+    except Exception as e:  # noqa: BLE001 - recorded for the next session, then a reset
+        try:
+            with open(root + "/tc/crash.txt", "w") as f:
+                f.write("main: ")
+                sys.print_exception(e, f)  # type: ignore
+        except Exception:  # noqa: BLE001
+            pass
+        raise
 
 
 def attach(app):
