@@ -39,6 +39,10 @@ TAG_LEN = 16
 OVERHEAD = 2 + 2 + HEADER + 4                    # frame bytes around PAYLOAD (+ TAG)
 MAX_PAYLOAD = MAX_BODY - HEADER - TAG_LEN        # 4178 in a session
 READ_MAX = 4096
+# Host-to-badge frames stay within the ESP32 port's 260-byte serial input ring buffer: bytes
+# that arrive while it is full are dropped, and the firmware reads it from Python. A PUT frame
+# (header, JSON, chunk, TAG, CRC) of at most ~220 bytes (path JSON ~60) fits whole while the badge is busy.
+PUT_CHUNK = 128
 
 DIR_HOST = b"H"
 DIR_BADGE = b"B"
@@ -636,7 +640,7 @@ class LockedLink:
             try:
                 while True:
                     head = json_bytes({"path": path, "off": off, "size": len(data)})
-                    room = min(READ_MAX, MAX_PAYLOAD - 2 - len(head))
+                    room = min(PUT_CHUNK, MAX_PAYLOAD - 2 - len(head))
                     chunk = data[off:off + room]
                     out = self.request(PUT, struct.pack("<H", len(head)) + head + chunk,
                                        retry=False)
