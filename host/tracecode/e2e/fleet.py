@@ -98,6 +98,13 @@ def run_fleet(scn: Scenario, work: Path, *, seed: int = 1, say=lambda m: None,
     board_name = str(scn.raw.get("board") or BOARD)
     radio = fleet_radio(scn, model)
     info_radio = {"channel": model.channel.to_json(), "board": board_name}
+    # every run starts with blank badges and a new station database: badges left in WORK by
+    # an earlier run are locked (no raw REPL for the flasher) and paired with its database
+    import shutil
+    shutil.rmtree(work / "fleet", ignore_errors=True)
+    for name in ("station.sqlite", "station.sqlite-wal", "station.sqlite-shm",
+                 "station.sqlite-journal"):
+        (work / name).unlink(missing_ok=True)
     fleet = Fleet(workdir=work / "fleet", seed=seed, start_unix=scn.start, radio=radio)
     db = Database(work / "station.sqlite")
     clock = fleet.unix_time
