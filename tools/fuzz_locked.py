@@ -68,7 +68,7 @@ SECRET = hashlib.sha256(b"fuzz-locked-alice").digest()
 BUTTON = 4
 ERROR_CODES = {"auth", "seq", "frame"}  # all an unauthenticated host may be told
 HELLO_KEYS = {"proto", "fw", "id", "locked"}
-REPL_MARKERS = (b">>>", b"raw REPL", b"Traceback", b"MicroPython", b"paste mode", b"OK")
+REPL_MARKERS = (b">>> ", b"raw REPL", b"Traceback", b"MicroPython v", b"paste mode")
 
 
 # ---------------------------------------------------------------------------- wire helpers
@@ -144,7 +144,7 @@ class Generator:
             return json.dumps(r.choice([{}, {"unix": r.randrange(2**33)}, {"day": 1, "off": 0},
                                         {"wait_ms": 1}, {"code": "red"}, {"id": "x", "lock": False},
                                         {"path": "main.py", "off": 0, "size": 1}])).encode()
-        if x < 0.97:
+        if x < 0.985:
             return r.randbytes(r.randrange(0, 160))
         return r.randbytes(r.randrange(160, fr.MAX_BODY - fr.HEADER + 1))
 
@@ -376,14 +376,16 @@ def segments(badge) -> dict:
 
 
 class Bench:
-    def __init__(self, workdir: Path, backend: str, seed: int, warm_s: float):
+    def __init__(self, workdir: Path, backend: str, seed: int, warm_s: float,
+                 firmware: str | Path | None = None):
         from tracecode import sim
 
+        fw = str(firmware or FIRMWARE)
         self.fleet = sim.Fleet(workdir=workdir, seed=seed, start_unix=START, backend=backend)
         self.backend = backend
-        self.alice = self.fleet.add_badge("alice", firmware_dir=str(FIRMWARE), position=(0.0, 0.0),
+        self.alice = self.fleet.add_badge("alice", firmware_dir=fw, position=(0.0, 0.0),
                                           board="esp32-devkitc")
-        self.bob = self.fleet.add_badge("bob", firmware_dir=str(FIRMWARE), position=(1.0, 0.0),
+        self.bob = self.fleet.add_badge("bob", firmware_dir=fw, position=(1.0, 0.0),
                                         board="esp32-devkitc")
         provision(self.alice, "alice", lock=True)
         provision(self.bob, "bob", lock=False)
@@ -440,9 +442,22 @@ class Bench:
 
     # -- feeding the console directly
     def pending(self) -> int:
-        """Input bytes the badge has not taken yet (imitation: its console buffer)."""
+        """Input bytes the badge has not taken yet (imitation: its console buffer; VM: the
+        bytes still in the pipe to the VM's stdin)."""
         buf = getattr(self.con, "_in", None)
-        return len(buf) if buf is not None else 0
+        if buf is not None:
+            return len(buf)
+        p = getattr(self.alice, "_proc", None)
+        if p is None or p.stdin is None:
+            return 0
+        import fcntl
+        import termios
+        n = bytearray(4)
+        try:
+            fcntl.ioctl(p.stdin.fileno(), termios.FIONREAD, n)
+        except OSError:
+            return 0
+        return struct.unpack("<i", bytes(n))[0]
 
     def feed(self, data: bytes, step_s: float) -> float:
         """Write `data` into the console input and run virtual time until the badge took it
@@ -471,16 +486,16 @@ class Bench:
 
 
 # ---------------------------------------------------------------------------- campaign
-def campaign(frames: int, seed: int, backend: str, batch: int = 2000, step_s: float = 2.5,
+def campaign(frames: int, seed: int, backend: str, batch: int = 2000, min_virtual_s: float = 1800.0,
              warm_s: float = 900.0, workdir: str | None = None, plant: bytes | None = None,
-             progress=None) -> dict:
+             progress=None, firmware: str | Path | None = None) -> dict:
     """Run the campaign -> a summary dict ("ok": every check passed). `plant`: bytes
     appended to the captured output before it is checked (to prove the checker catches
     them)."""
     t_setup = time.monotonic()
     tmp = tempfile.TemporaryDirectory(prefix="fuzz-locked-") if workdir is None else None
     wd = Path(workdir or tmp.name)
-    bench = Bench(wd, backend, seed, warm_s)
+    bench = Bench(wd, backend, seed, warm_s, firmware)
     res: dict = {"backend": backend, "seed": seed, "failures": []}
     fail = res["failures"]
     try:
@@ -494,6 +509,7 @@ def campaign(frames: int, seed: int, backend: str, batch: int = 2000, step_s: fl
         rec_a0, rec_b0 = a.log_records(), b.log_records()
         setup_s = time.monotonic() - t_setup
 
+        step_s = max(1.0, min_virtual_s / max(1, -(-frames // batch)))
         gen = Generator(seed, first["recorded"])
         fams = dict.fromkeys(Generator.FAMILIES, 0)
         sent = 0
@@ -605,6 +621,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=2000, help="frames per console write")
     ap.add_argument("--json", action="store_true", help="the summary as JSON")
     ap.add_argument("--workdir", default=None, help="keep the fleet here (default: a temp dir)")
+    ap.add_argument("--firmware", default=None, help="firmware folder (default: firmware/)")
     a = ap.parse_args(argv)
 
     def progress(sent, nbytes, wall):
@@ -612,7 +629,7 @@ def main(argv=None) -> int:
             print(f"  {sent} frames, {nbytes} bytes, {wall:.1f} s", file=sys.stderr, flush=True)
 
     res = campaign(a.frames, a.seed, a.backend, batch=a.batch, workdir=a.workdir,
-                   progress=progress)
+                   progress=progress, firmware=a.firmware)
     if a.json:
         print(json.dumps(res, indent=2))
     else:
