@@ -601,12 +601,27 @@ def test_maintenance_unlock_then_relock(fleet, db, capsys):
         link.auth(db.secret(bid))
     finally:
         link.close()
-    # a stranger's database cannot unlock it
+    # flashing files onto a locked badge: told to unlock it first, nothing written
+    rc = main(["flash", "--board", BOARD, "--skip-image", "--no-aioble", "--port", url,
+               "--db", str(db.path)])
+    err = capsys.readouterr().err
+    assert rc == 4 and "is locked" in err and "tracecode unlock" in err, err
+    # a stranger's database can neither unlock nor re-flash it
     with Database(db.path.parent / "stranger.sqlite") as other:
         other.add_badge(bid, BOARD, os.urandom(32))
     rc = main(["unlock", url, "--db", str(other.path)])
     err = capsys.readouterr().err
     assert rc == 4 and "refused this station" in err and db.secret(bid).hex() not in err
+    rc = main(["flash", "--board", BOARD, "--skip-image", "--no-aioble", "--port", url,
+               "--db", str(db.path.parent / "nobody.sqlite")])
+    err = capsys.readouterr().err
+    assert rc == 4 and "paired with another station" in err, err
+    link = open_link(url)                              # still locked, still paired with us
+    try:
+        assert isinstance(link, frames.LockedLink)
+        link.auth(db.secret(bid))
+    finally:
+        link.close()
 
 
 def test_firmware_update_over_the_locked_protocol(fleet, db, tmp_path, capsys):

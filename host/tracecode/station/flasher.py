@@ -382,6 +382,7 @@ def pairing_steps(port: BadgePort, opts: FlashOptions, db: Database) -> list[Ste
             try:
                 link.open(probe=False)
             except DeviceError:
+                _locked_check(port, opts, db, refuse)   # a locked badge answers only frames
                 if not opts.skip_image and not port.is_virtual:
                     return  # no MicroPython answers: a blank chip; the image step comes next
                 raise
@@ -407,6 +408,42 @@ def pairing_steps(port: BadgePort, opts: FlashOptions, db: Database) -> list[Ste
             link.close()
 
     return [Step("provision", desc, run)]
+
+
+def _locked_check(port: BadgePort, opts: FlashOptions, db: Database, refuse) -> None:
+    """The raw REPL did not answer: is it a locked badge (protocol 2)? Then only its paired
+    station may go on, and only with a new image (esptool); the firmware files of a locked
+    badge are changed with `tracecode update`, or after `tracecode unlock`."""
+    from .frames import LockedLink, open_serial
+
+    try:
+        link = LockedLink(port.device, serial=open_serial(port.device, 115200))
+    except Exception:  # noqa: BLE001 - no port, no badge: the caller's error stands
+        return
+    try:
+        hello = link.say_hello(1.5, early_exit=True)
+        if not hello or not hello.get("locked"):
+            return
+        bid = str(hello.get("id", ""))
+        if opts.reprovision:
+            if opts.skip_image:
+                raise DeviceError(f"{port.device}: badge {bid!r} is locked; --reprovision of a "
+                                  "locked badge needs a new image (without --skip-image): "
+                                  "esptool erases it")
+            return
+        known = db.secret(bid)
+        if known is None:
+            refuse(f"locked badge {bid!r} is paired with another station")
+        try:
+            link.auth(known)
+        except DeviceError:
+            refuse(f"locked badge {bid!r} refused this station's pairing secret")
+        if opts.skip_image:
+            raise DeviceError(f"{port.device}: badge {bid!r} is locked (protocol 2 only)",
+                              hint=f"unlock it first: tracecode unlock -p {port.device} "
+                                   "(its firmware files: tracecode update)")
+    finally:
+        link._close_port()
 
 
 # ---------------------------------------------------------------------------- provision
