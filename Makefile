@@ -34,6 +34,7 @@ test-slow: $(STAMP)
 fuzz: $(STAMP)
 	$(BIN)/python tools/campaign_db.py --runs 200 --seed 1
 	$(BIN)/python tools/fuzz_export.py --inputs 1000000 --seed 1 --cli 120
+	$(BIN)/python tools/fuzz_locked.py --frames 100000 --seed 1 --backend vm
 
 check-firmware: $(STAMP)
 	$(BIN)/python tools/check_firmware.py
