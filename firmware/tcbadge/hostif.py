@@ -223,6 +223,11 @@ class Core:
     def segments(self):
         out = []
         log = self._log()
+        if self.app is not None:
+            # a locked badge's sync runs beside tracing: it starts by writing what the app
+            # holds (closed records waiting in the write buffer, open ones closed here), as
+            # the app does when a developer-mode host breaks in
+            log.flush(True)
         for day, size, acked in log.segments():
             v, gen = log.info(day)  # format version; generation (v2), a new one per file
             out.append({"day": day, "size": size, "acked": acked, "v": v,
