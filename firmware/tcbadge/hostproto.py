@@ -341,6 +341,7 @@ class Server:
                 self._skip(1)
                 self.dropped += 1
                 continue
+            s = self._s  # _fill may have compacted the buffer: the frame moved to its start
             got = struct.unpack_from("<I", rx, s + 4 + ln)[0]
             if crc32(self._rxv[s + 2 : s + 4 + ln]) != got:
                 self._skip(1)
