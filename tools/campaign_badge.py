@@ -135,8 +135,10 @@ def unplug_campaign(n: int, seed: int, work: Path, tally: dict) -> None:
         badge = fleet.add_badge("uma", position=(0.0, 0.0), board=BOARD)
         badge.power_on()
         url = badge.console_url()
+        # developer mode: the unplug points below are the raw-REPL session's (protocol 1);
+        # tests/station/test_virtual.py unplugs locked badges' syncs (protocol 2)
         opts = flasher.FlashOptions(board=flasher.Board.load(BOARD), skip_image=True,
-                                    aioble_mip=False, now=fleet.unix_time)
+                                    aioble_mip=False, now=fleet.unix_time, lock=False)
         bid = flasher.flash_badge(BadgePort(url), opts, db)["badge_id"]
         peer = fleet.add_badge("peer", position=(1.0, 0.0), board=BOARD, firmware_dir=FIRMWARE)
         peer.power_on()

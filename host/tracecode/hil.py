@@ -17,6 +17,7 @@ for and what it saw.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -47,10 +48,17 @@ class BenchBadge:
     press: Callable[[], None]
     virtual: object | None = None  # tracecode.sim Badge when simulated
 
+    @contextlib.contextmanager
     def link(self):
-        from .station.link import BadgeLink
+        """A session in whichever mode the badge is in (locked: protocol 2; developer mode:
+        the raw REPL), closed on exit."""
+        from .station.link import open_link
 
-        return BadgeLink(self.port)
+        link = open_link(self.port)
+        try:
+            yield link
+        finally:
+            link.close()
 
     def consent_and_export(self) -> list[dict]:
         """The badge's TEKs, released after its consent button is pressed."""
