@@ -18,7 +18,6 @@ import pytest
 
 from tracecode.errors import DeviceError
 from tracecode.station import flasher
-from tracecode.station.db import Database
 from tracecode.station.link import BadgeLink, BadgeRefused
 from tracecode.station.ports import BadgePort
 
@@ -43,13 +42,6 @@ def fleet(tmp_path):
     f = sim.Fleet(workdir=tmp_path / "fleet", seed=7, start_unix=int(time.time()))
     yield f
     f.close()
-
-
-@pytest.fixture
-def db(tmp_path):
-    d = Database(tmp_path / "station.sqlite")
-    yield d
-    d.close()
 
 
 def _provision(fleet, db, name, board):

@@ -418,13 +418,6 @@ def fleet(tmp_path):
     f.close()
 
 
-@pytest.fixture
-def db(tmp_path):
-    d = Database(tmp_path / "station.sqlite")
-    yield d
-    d.close()
-
-
 def provision_locked(fleet, db, name, board=BOARD, **kw):
     badge = fleet.add_badge(name, board=board, **kw)
     badge.power_on()

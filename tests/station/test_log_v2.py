@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tracecode.station import flasher
-from tracecode.station.db import Database
 from tracecode.station.ports import BadgePort
 from tracecode.station.sync import sync_badge
 
@@ -29,13 +28,6 @@ def fleet(tmp_path):
     f = sim.Fleet(workdir=tmp_path / "fleet", seed=5, start_unix=int(time.time()) // 86400 * 86400 + 9 * 3600)
     yield f
     f.close()
-
-
-@pytest.fixture
-def db(tmp_path):
-    d = Database(tmp_path / "station.sqlite")
-    yield d
-    d.close()
 
 
 def flash(badge, db, fleet, bid=None):

@@ -51,13 +51,6 @@ def any_fleet(request, tmp_path):
     f.close()
 
 
-@pytest.fixture
-def db(tmp_path):
-    d = Database(tmp_path / "station.sqlite")
-    yield d
-    d.close()
-
-
 def provision(fleet, db, name, position=(0.0, 0.0), board=BOARD, lock=True):
     """A blank virtual badge, flashed (files + provisioning) by the station code: locked (the
     product's default, protocol 2) unless `lock=False` (developer mode, the raw REPL)."""
