@@ -397,47 +397,47 @@ def pairing_steps(port: BadgePort, opts: FlashOptions, db: Database) -> list[Ste
             hello = link.probe()
             if not hello.get("provisioned") or opts.reprovision:
                 return
-            known = db.secret(str(hello.get("id", "")))
-            if known is None:
-                refuse(f"badge {hello.get('id')!r} is paired with another station")
-            try:
-                link.auth(known)
-            except BadgeRefused:
-                refuse(f"badge {hello.get('id')!r} refused this station's pairing secret")
+            _prove_pairing(link, f"badge {hello.get('id')!r}", str(hello.get("id", "")), db,
+                           refuse, BadgeRefused)
         finally:
             link.close()
 
     return [Step("provision", desc, run)]
 
 
+def _prove_pairing(link, who: str, bid: str, db: Database, refuse, refused) -> None:
+    """Authenticate with the secret the station database holds for `bid`, or refuse: a badge
+    the database does not know, or one that rejects the secret (`refused`: the exception)."""
+    known = db.secret(bid)
+    if known is None:
+        refuse(f"{who} is paired with another station")
+    try:
+        link.auth(known)
+    except refused:
+        refuse(f"{who} refused this station's pairing secret")
+
+
 def _locked_check(port: BadgePort, opts: FlashOptions, db: Database, refuse) -> None:
     """The raw REPL did not answer: is it a locked badge (protocol 2)? Then only its paired
     station may go on, and only with a new image (esptool); the firmware files of a locked
     badge are changed with `tracecode update`, or after `tracecode unlock`."""
-    from .frames import LockedLink, open_serial
+    from .link import probe_locked
 
     try:
-        link = LockedLink(port.device, serial=open_serial(port.device, 115200))
+        link = probe_locked(port.device, 1.5)
     except Exception:  # noqa: BLE001 - no port, no badge: the caller's error stands
         return
+    if link is None:
+        return
     try:
-        hello = link.say_hello(1.5, early_exit=True)
-        if not hello or not hello.get("locked"):
-            return
-        bid = str(hello.get("id", ""))
+        bid = str(link.hello.get("id", ""))
         if opts.reprovision:
             if opts.skip_image:
                 raise DeviceError(f"{port.device}: badge {bid!r} is locked; --reprovision of a "
                                   "locked badge needs a new image (without --skip-image): "
                                   "esptool erases it")
             return
-        known = db.secret(bid)
-        if known is None:
-            refuse(f"locked badge {bid!r} is paired with another station")
-        try:
-            link.auth(known)
-        except DeviceError:
-            refuse(f"locked badge {bid!r} refused this station's pairing secret")
+        _prove_pairing(link, f"locked badge {bid!r}", bid, db, refuse, DeviceError)
         if opts.skip_image:
             raise DeviceError(f"{port.device}: badge {bid!r} is locked (protocol 2 only)",
                               hint=f"unlock it first: tracecode unlock -p {port.device} "

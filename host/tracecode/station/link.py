@@ -359,6 +359,24 @@ def _py_literal(value) -> str:
 PROBE_TIMEOUT_S = 1.5
 
 
+def probe_locked(port: str, wait_s: float, *, baudrate: int = 115200, timeout_s: float = 10.0):
+    """A HELLO frame on `port`: a `frames.LockedLink` (hello done, not authenticated) if a
+    locked badge answers within `wait_s`, else None (port closed again)."""
+    from .frames import LockedLink, open_serial
+
+    link = LockedLink(port, baudrate=baudrate, timeout_s=timeout_s,
+                      serial=open_serial(port, baudrate))
+    try:
+        hello = link.say_hello(wait_s, early_exit=True)
+    except BaseException:
+        link._close_port()
+        raise
+    if hello is not None and hello.get("locked"):
+        return link
+    link._close_port()
+    return None
+
+
 def open_link(port: str, *, baudrate: int = 115200, timeout_s: float = 10.0,
               probe_timeout_s: float = PROBE_TIMEOUT_S, **kw):
     """An open session with the badge on `port`, whichever mode it is in.
@@ -370,20 +388,8 @@ def open_link(port: str, *, baudrate: int = 115200, timeout_s: float = 10.0,
     probe frame holds no control character a friendly REPL would act on (frames.py). If the
     raw REPL does not answer either, HELLO is tried once more with a longer timeout (a slow,
     busy locked badge)."""
-    from .frames import LockedLink, open_serial
-
     def probe(wait_s: float):
-        link = LockedLink(port, baudrate=baudrate, timeout_s=timeout_s,
-                          serial=open_serial(port, baudrate))
-        try:
-            hello = link.say_hello(wait_s, early_exit=True)
-        except BaseException:
-            link._close_port()
-            raise
-        if hello is not None and hello.get("locked"):
-            return link
-        link._close_port()
-        return None
+        return probe_locked(port, wait_s, baudrate=baudrate, timeout_s=timeout_s)
 
     locked = probe(probe_timeout_s)
     if locked is not None:
