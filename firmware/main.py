@@ -17,12 +17,8 @@ except OSError:
     micropython.kbd_intr(3)
 
 
-# Ballast: a block taken before anything is compiled, freed just before the app takes its
-# long-lived buffers, so that they find one contiguous hole instead of the gaps that
-# compiling leaves (the MicroPython VM badge hit MemoryError for a 5 KB table otherwise).
-import tcbadge
-
-tcbadge.RUN["ballast"] = bytearray(8192)
+# No ballast block is held while compiling: compiling is the largest transient, and the
+# app's long-lived tables are small arrays (none above 5 KB) taken before it reads files.
 if tc_locked:
     try:
         import tcbadge.hostproto
@@ -49,7 +45,6 @@ else:
     except (ImportError, MemoryError):
         pass
 
-    tcbadge.RUN.pop("ballast", None)
     import gc
 
     gc.collect()

@@ -60,6 +60,9 @@ class Supervised:
 class App:
     def __init__(self, root="", ble=None, use_aioble=True, aes_factory=None, rtc=None, wdt=True):
         self.root = root
+        # The scan table first: the largest fixed allocation, made before reading any file
+        # leaves gaps in the heap.
+        agg = scanner.Aggregator()
         config.ensure_dirs(root)
         self.prov = config.Provisioning(root)
         self.profile = self.prov.profile()
@@ -71,7 +74,7 @@ class App:
         self.keys = None  # created after the radio is on (hardware RNG)
         self._aes = aes_factory or crypto.ecb_factory()
         self.beacon = None
-        self.scanner = scanner.Scanner(self.radio, self.clock, self.log, self.config)
+        self.scanner = scanner.Scanner(self.radio, self.clock, self.log, self.config, agg=agg)
         self.state = "init"
         self._day = -1
         self._use_wdt = wdt

@@ -35,8 +35,6 @@ import time
 
 from micropython import const
 
-import tcbadge
-
 from . import config, crypto, fsutil, hostif
 
 _MAGIC0 = const(0xA7)
@@ -703,7 +701,6 @@ def main(root=""):
     try:
         from . import app as tcapp
 
-        tcbadge.RUN.pop("ballast", None)  # main.py's: the hole the buffers go into
         gc.collect()
         srv = Server()
         a = tcapp.App(root)

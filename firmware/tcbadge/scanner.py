@@ -15,12 +15,21 @@
 # (counted in `drops`; they are heard again next window). Repeated sightings of RPIs already
 # in the table are always counted. Aggregated records are never dropped for lack of RAM.
 import time
+from array import array
 
 from micropython import const
 
 from . import advert
 
 _ID = const(20)
+
+
+def _table(code, n, fill):
+    # An array of n items set to fill, allocated once at its final size.
+    t = array(code, range(n))
+    for i in range(n):
+        t[i] = fill
+    return t
 
 
 class Aggregator:
@@ -31,15 +40,17 @@ class Aggregator:
         while hsize < capacity * 2:
             hsize <<= 1
         self._hmask = hsize - 1
-        self._hash = [-1] * hsize  # hash position -> slot
-        self.keys = [0] * capacity
+        # Fixed-width arrays, not lists: 2-4 bytes a slot instead of a pointer each, and
+        # storing a small int in them never allocates (the IRQ path writes them).
+        self._hash = _table("h", hsize, -1)  # hash position -> slot
+        self.keys = _table("i", capacity, 0)  # 30-bit key (a small int)
         self.ids = bytearray(capacity * _ID)  # RPI + AEM per slot
-        self.first = [0] * capacity
-        self.last = [0] * capacity
-        self.cnt = [0] * capacity
-        self.rmin = [0] * capacity
-        self.rmax = [0] * capacity
-        self.rsum = [0] * capacity
+        self.first = _table("i", capacity, 0)  # ms since the scan began
+        self.last = _table("i", capacity, 0)
+        self.cnt = _table("i", capacity, 0)
+        self.rmin = _table("h", capacity, 0)  # dBm
+        self.rmax = _table("h", capacity, 0)
+        self.rsum = _table("i", capacity, 0)
         self.mine = bytearray(capacity)  # 1: the badge's own advert, not logged
         self.n = 0
         self.t0 = time.ticks_ms()
@@ -146,12 +157,12 @@ class Aggregator:
 class Scanner:
     # Duty cycle: a window of scan_window_ms every scan_every_s (defaults: 4 s every 120 s,
     # so every advertiser in range is scanned at least twice in any 5 minutes).
-    def __init__(self, radio, clock, log, config, capacity=256):
+    def __init__(self, radio, clock, log, config, capacity=256, agg=None):
         self.radio = radio
         self.clock = clock
         self.log = log
         self.config = config
-        self.agg = Aggregator(capacity)
+        self.agg = agg if agg is not None else Aggregator(capacity)
         self.scans = 0
         self.logged = 0
 
