@@ -57,7 +57,7 @@ class ScoringConfig:
 
     @classmethod
     def tracecode(cls, **over) -> "ScoringConfig":
-        """TraceCode's duration + proximity rule (calibrated by tools/calibrate.py --tracecode)."""
+        """TraceCode's duration + proximity rule (calibrated by tools/calibrate.py, its default --rule tracecode)."""
         return cls(rule="tracecode", **over)
 
     def bucket(self, attenuation_db: int) -> int:
