@@ -32,9 +32,15 @@ def _vm_reason():
     return vm_available()
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    f = sim.Fleet(workdir=tmp_path / "fleet", seed=3, start_unix=int(time.time()))
+# Every station test runs on the imitation in `make test`, and again on badges running the real
+# MicroPython VM in `make test-slow` (which CI runs too).
+@pytest.fixture(params=["imitation",
+                        pytest.param("vm", marks=[pytest.mark.slow,
+                                                  pytest.mark.skipif(_vm_reason() is not None,
+                                                                     reason=str(_vm_reason()))])])
+def fleet(request, tmp_path):
+    f = sim.Fleet(workdir=tmp_path / "fleet", seed=3, start_unix=int(time.time()),
+                  backend=request.param)
     yield f
     f.close()
 
@@ -255,7 +261,7 @@ def _on_flash(badge) -> set:
     return out
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(300)
 def test_seeded_unplugs_tracing_resumes_nothing_lost_or_duplicated(fleet, db):
     """30 seeded unplugs (CI slice of tools/campaign_badge.py): the cable pulled after a
     random number of bytes of a sync, or between the database commit and the badge's ack.
