@@ -389,8 +389,9 @@ def test_no_answer_is_a_clear_error(tmp_path):
 
 
 # ============================================================================ virtual badges
-# The real firmware, provisioned locked by the station code (flasher: "lock": true), on the
-# simulator's default backend (TRACECODE_SIM_BACKEND=vm for the MicroPython VM).
+# The real firmware, provisioned locked by the station code (flasher: "lock": true). Each test
+# runs on the imitation in `make test`, and (all but the classroom log) again on badges running
+# the real MicroPython VM (littlefs, ESP32-sized heap) in `make test-slow` (which CI runs too).
 import random  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -411,11 +412,64 @@ def _sim():
     return pytest.importorskip("tracecode.sim", reason="virtual badges (tracecode.sim) not installed")
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    f = _sim().Fleet(workdir=tmp_path / "fleet", seed=3, start_unix=int(time.time()))
+def _vm_reason():
+    try:
+        from tracecode.sim.vmbadge import vm_available
+    except ImportError as e:
+        return "virtual badges (tracecode.sim) not installed: %s" % e
+    return vm_available()
+
+
+VM_TIMEOUT = 600    # a MicroPython VM badge is slower than the imitation (checks unchanged)
+# imitation: `make test`; vm: `make test-slow` (marked slow), skipped where the VM cannot run
+BACKENDS = ["imitation",
+            pytest.param("vm", marks=[pytest.mark.slow, pytest.mark.timeout(VM_TIMEOUT),
+                                      pytest.mark.skipif(_vm_reason() is not None,
+                                                         reason=str(_vm_reason()))])]
+
+
+@pytest.fixture(params=BACKENDS)
+def fleet(request, tmp_path):
+    f = _sim().Fleet(workdir=tmp_path / "fleet", seed=3, start_unix=int(time.time()),
+                     backend=request.param)
     yield f
     f.close()
+
+
+def _is_vm(badge) -> bool:
+    return getattr(badge, "backend", "imitation") == "vm"
+
+
+def put_files(badge, fleet, files: dict[str, bytes]) -> None:
+    """Write {path: bytes} onto the badge's flash. The imitation's flash is a host folder,
+    written in place as before; a VM badge's littlefs image is only written with the badge
+    off (the VM mounts it while powered), so it is switched off, written, booted again."""
+    if not _is_vm(badge):
+        for path, data in files.items():
+            host = Path(badge.flash.root) / path.lstrip("/")
+            host.parent.mkdir(parents=True, exist_ok=True)
+            host.write_bytes(data)
+        badge.flash.rescan()
+        return
+    badge.power_cut(at=fleet.clock())
+    fleet.run_for(0.1)
+    for path, data in files.items():
+        badge.flash.write(path, data)
+    badge.power_on(at=fleet.clock())
+    fleet.run_for(2)                    # booted: main.py runs (locked) again
+
+
+def flash_read(badge, path: str) -> bytes:
+    """A file's bytes from the badge's flash (FileNotFoundError if absent), either backend."""
+    if not _is_vm(badge):
+        return (Path(badge.flash.root) / path.lstrip("/")).read_bytes()
+    return badge.flash.read(path)
+
+
+def flash_exists(badge, path: str) -> bool:
+    if not _is_vm(badge):
+        return (Path(badge.flash.root) / path.lstrip("/")).exists()
+    return badge.flash.exists(path)
 
 
 def provision_locked(fleet, db, name, board=BOARD, **kw):
@@ -436,15 +490,14 @@ def provision_locked(fleet, db, name, board=BOARD, **kw):
 def fill_log(badge, fleet, days=3, per_day=50, seed=1):
     rnd = random.Random(seed)
     today = int(fleet.unix_time()) // 86400
-    log = Path(badge.flash.root) / "log"
-    log.mkdir(exist_ok=True)
+    files = {}
     want = set()
     for di, day in enumerate(range(today - days, today)):
         recs = [logfmt.encode_record(rnd.randbytes(16), rnd.randbytes(4), 600 * i + di, 5, 3,
                                      -80, -60, -70) for i in range(per_day)]
         want |= set(recs)
-        (log / f"{day}.tcl").write_bytes(logfmt.encode_header(day) + b"".join(recs))
-    badge.flash.rescan()
+        files[f"/log/{day}.tcl"] = logfmt.encode_header(day) + b"".join(recs)
+    put_files(badge, fleet, files)
     return want
 
 
@@ -453,8 +506,11 @@ def stored(db, bid):
 
 
 def log_files(badge):
-    d = Path(badge.flash.root) / "log"
-    return sorted(p.name for p in d.glob("*.tcl")) if d.exists() else []
+    if not _is_vm(badge):
+        d = Path(badge.flash.root) / "log"
+        return sorted(p.name for p in d.glob("*.tcl")) if d.exists() else []
+    return sorted(p[5:] for p, n in badge.flash.files().items()
+                  if n >= 0 and p.startswith("/log/") and p.endswith(".tcl") and "/" not in p[5:])
 
 
 def test_locked_sync_acks_after_commit_and_survives_unplugs(fleet, db):
@@ -490,6 +546,8 @@ def test_locked_sync_acks_after_commit_and_survives_unplugs(fleet, db):
     assert db.check()["ok"]
 
 
+# Imitation only: a VM badge reboots to take files; that boot's 14-day retention deletes today-14
+@pytest.mark.parametrize("fleet", ["imitation"], indirect=True)
 def test_classroom_log_syncs_at_payload_wire_above_095(fleet, db):
     """14 school days of a classroom (log v2, ~620 KB): the ratio of a real sync."""
     sys.path.insert(0, str(ROOT / "tools"))
@@ -536,14 +594,16 @@ def test_status_and_health_code_on_a_locked_badge(fleet, db, capsys):
     assert out["badges"][0].get("running") is None
 
 
-def test_diagnose_with_consent_on_a_locked_badge(db, tmp_path, capsys):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_diagnose_with_consent_on_a_locked_badge(db, tmp_path, capsys, backend):
     from tracecode.export import generate_signing_key, load_batch
 
-    fleet = _sim().Fleet(workdir=tmp_path / "fleet", seed=4, start_unix=int(time.time()) - 130000)
+    fleet = _sim().Fleet(workdir=tmp_path / "fleet", seed=4, start_unix=int(time.time()) - 130000,
+                         backend=backend)
     try:
         badge, url, bid = provision_locked(fleet, db, "grace", board=BUTTON_BOARD)
         fleet.run_for(86400)
-        raw = (Path(badge.flash.root) / "tc" / "keys.bin").read_bytes()
+        raw = flash_read(badge, "/tc/keys.bin")
         teks = {int.from_bytes(raw[i:i + 4], "little"): raw[i + 4:i + 20]
                 for i in range(0, len(raw), 20)}
         priv, pub = generate_signing_key(tmp_path / "keys")
@@ -633,8 +693,8 @@ def test_firmware_update_over_the_locked_protocol(fleet, db, tmp_path, capsys):
     assert rc == 0, cap.err
     doc = json.loads(cap.out)
     assert doc["fw_after"].startswith("9.9.9-") and doc["fw_before"] != doc["fw_after"]
-    assert (Path(badge.flash.root) / "tcbadge" / "__init__.py").read_text() == init.read_text()
-    assert not (Path(badge.flash.root) / "fw.new").exists()
+    assert flash_read(badge, "/tcbadge/__init__.py") == init.read_bytes()
+    assert not flash_exists(badge, "/fw.new")
     rep = sync_badge(db, url, now=fleet.unix_time)    # still locked, still paired, log kept
     assert rep.ok and rep.protocol == 2 and stored(db, bid) == want
     assert db.badge(bid)["fw_version"].startswith("9.9.9-")
