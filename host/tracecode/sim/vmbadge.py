@@ -19,6 +19,7 @@ See docs/sim.md.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -60,6 +61,15 @@ _HDR = struct.Struct("<I6s6sB4s3xI4x")
 
 _MACHINES = {"esp32": "Generic ESP32 module with ESP32", "esp32s3": "ESP32S3 module with ESP32S3",
              "esp32c3": "ESP32C3 module with ESP32C3"}
+
+
+# Fault injection (VMBadge.inject_fault): faults of the ESP32's BLE stack, hit by the calls of
+# the in-VM `bluetooth` module that start a scan (gap_scan) or advertising (gap_advertise).
+FAULTS = ("scan_error", "adv_error", "scan_hang", "adv_hang")
+# The errnos MicroPython's NimBLE binding (extmod/nimble/modbluetooth_nimble.c,
+# ble_hs_err_to_errno) raises as OSError; any other NimBLE code becomes EIO.
+BLE_ERRNOS = (errno.EIO, errno.EAGAIN, errno.EALREADY, errno.EINVAL, errno.ENOENT, errno.ENOMEM,
+              errno.ENOTCONN, errno.EOPNOTSUPP, errno.ETIMEDOUT, errno.EBUSY)
 
 
 class VMUnavailable(TraceCodeError):
@@ -276,6 +286,9 @@ class VMBadge:
         self._input = False
         self._lock = threading.Lock()
         self.cpu.input_ready = lambda: self._input
+        self._faults: dict[str, list[int]] = {}  # kind -> [calls left, errno]
+        self.fault_hits: list[tuple[float, str]] = []   # (virtual time, kind) of each fault hit
+        self._hung = False
 
     # -- what the rest of the simulator asks of a badge --------------------------------------
     def position(self, t: float | None = None) -> tuple[float, float]:
@@ -350,6 +363,61 @@ class VMBadge:
         bat = self.profile.get("battery") or {}
         divider = float(bat.get("divider", 2.0) or 2.0)
         return int(self.battery_v / divider * 1e6)
+
+    # -- fault injection ------------------------------------------------------------------------
+    def inject_fault(self, kind: str, count: int = 1, err: int = errno.EIO) -> None:
+        """Arm a fault of the BLE stack for the next `count` calls that start scanning
+        (`gap_scan(duration, ...)`) or advertising (`gap_advertise(interval, ...)`); calls
+        that stop (None) are never hit. Armed faults stay across resets until used; count 0
+        disarms. Each hit is appended to `fault_hits`.
+
+        - "scan_error" / "adv_error": the call raises OSError(err), as the ESP32's NimBLE
+          binding does when the stack refuses (default EIO: a controller or HCI error; `err`
+          must be an errno that binding raises, BLE_ERRNOS). Nothing starts; a failed
+          gap_advertise leaves advertising off (NimBLE stops it before starting again).
+        - "scan_hang" / "adv_hang": the call never returns (a driver stuck in C): the VM runs
+          no Python code, no soft timer callback, ignores Ctrl-C, and feeds nothing, while
+          virtual time goes on. The watchdog (machine.WDT, if the firmware made one) resets
+          the badge; without one it stays stuck until power is cut, like the chip.
+        """
+        if kind not in FAULTS:
+            raise ValueError("fault kind must be one of %s" % ", ".join(FAULTS))
+        if not isinstance(count, int) or count < 0:
+            raise ValueError("count must be an int >= 0")
+        if err not in BLE_ERRNOS:
+            raise ValueError("err must be an errno the ESP32's BLE binding raises: %s" % (BLE_ERRNOS,))
+        with self._lock:
+            if count:
+                self._faults[kind] = [count, int(err)]
+            else:
+                self._faults.pop(kind, None)
+
+    def faults_armed(self) -> dict[str, int]:
+        """Fault kind -> calls it will still hit."""
+        with self._lock:
+            return {k: v[0] for k, v in self._faults.items()}
+
+    def _take_fault(self, what: str) -> tuple[str, int] | None:
+        """CPU thread, on a call that starts `what` ("scan" or "adv"): the fault it hits."""
+        with self._lock:
+            for mode in ("error", "hang"):
+                k = what + "_" + mode
+                f = self._faults.get(k)
+                if f:
+                    f[0] -= 1
+                    if f[0] <= 0:
+                        del self._faults[k]
+                    self.fault_hits.append((self.fleet.clock(), k))
+                    return mode, f[1]
+        return None
+
+    def _hang(self) -> None:
+        """The VM is stuck inside a driver call: no answer, until a reset or a power cut."""
+        self._hung = True
+        try:
+            self.cpu.wait(None, flag=lambda: self._reset_req is not None)
+        finally:
+            self._hung = False
 
     # -- power ------------------------------------------------------------------------------
     def _in_driver(self) -> bool:
@@ -490,6 +558,8 @@ class VMBadge:
 
     def _vm_sigint_on(self) -> bool:
         """Is the VM's keyboard interrupt on? (MicroPython's SIGINT handler installed)"""
+        if self._hung:
+            return False       # stuck in a driver call: the chip checks for Ctrl-C only in Python code
         p = self._proc
         if p is None or p.poll() is not None:
             return False
@@ -719,6 +789,15 @@ class VMBadge:
                 radio._restart_segment()
         elif op == "adv":
             now = fleet.clock()
+            fault = None if a[0] is None else self._take_fault("adv")
+            if fault is not None:
+                # NimBLE stops advertising before it starts again
+                radio._close_segment(now)
+                radio.adv_interval_s = None
+                if fault[0] == "hang":
+                    self._hang()
+                    return None
+                return fault[1]
             if a[0] is None:
                 radio._close_segment(now)
                 radio.adv_interval_s = None
@@ -729,6 +808,12 @@ class VMBadge:
                 radio.stats["adv_starts"] += 1
                 radio._restart_segment()
         elif op == "scan":
+            fault = None if a[0] is None else self._take_fault("scan")
+            if fault is not None:
+                if fault[0] == "hang":
+                    self._hang()
+                    return None
+                return fault[1]
             if a[0] is None:
                 if radio.scan is not None:
                     radio.stop_scan()

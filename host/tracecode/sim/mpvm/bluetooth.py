@@ -179,8 +179,12 @@ class BLE:
         iv = int(interval_us)
         if iv < 20000:
             raise OSError(_EINVAL)
-        self._adv = True
-        _vm.call(["adv", iv, self._adv_data.hex(), 1 if connectable else 0])
+        # the stack's answer: an errno when it refused (ble_hs_err_to_errno; the host's fault
+        # injection, VMBadge.inject_fault), advertising then being off
+        err = _vm.call(["adv", iv, self._adv_data.hex(), 1 if connectable else 0])
+        self._adv = not err
+        if err:
+            raise OSError(err)
 
     def gap_scan(self, *a):
         # positional only, like the C function (MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN 2..5)
@@ -200,8 +204,10 @@ class BLE:
             raise OSError(_EALREADY)
         if window > interval:
             raise OSError(_EINVAL)
+        err = _vm.call(["scan", duration, interval, window, 1 if active else 0])
+        if err:
+            raise OSError(err)      # the stack refused (VMBadge.inject_fault): no scan
         self._scan = True
-        _vm.call(["scan", duration, interval, window, 1 if active else 0])
 
     def gap_connect(self, *a, **kw):
         raise OSError(_EPERM)
