@@ -10,19 +10,14 @@
 # The imitation-backend versions (faults injected into the app's CPython objects) are in
 # test_fw_robust.py.
 import errno
-import hashlib
-import json
 import struct
-from pathlib import Path
 
 import pytest
 
 from logparse import read_log
-
-ROOT = Path(__file__).resolve().parents[2]
-FIRMWARE = ROOT / "firmware"
-BOARDS = ROOT / "boards"
-START = 1709280000 + 7 * 3600  # 2024-03-01 07:00 UTC
+from test_fw_on_badge import _call, _transport
+from test_fw_robust import START
+from test_fw_robust import pair as robust_pair
 
 sim = pytest.importorskip("tracecode.sim", reason="virtual badges (tracecode.sim) not built yet")
 from tracecode.sim.vmbadge import vm_available  # noqa: E402
@@ -36,36 +31,8 @@ WDT_S = 60     # the firmware's machine.WDT timeout (app.py _WDT_MS)
 TICK_S = 5     # the supervisor feeds it every 5 s (app.py _TICK_MS)
 
 
-def provision(badge, name, board="esp32-devkitc"):
-    profile = json.loads((BOARDS / (board + ".json")).read_text())
-    doc = {"id": name, "board": board, "secret": hashlib.sha256(name.encode()).hexdigest(),
-           "config": {}, "profile": profile}
-    badge.flash.write("/tc/prov.json", json.dumps(doc).encode())
-
-
-def pair(tmp_path, seed=3):
-    fleet = sim.Fleet(workdir=tmp_path, seed=seed, start_unix=START, backend="vm")
-    a = fleet.add_badge("alice", firmware_dir=str(FIRMWARE), position=(0.0, 0.0), board="esp32-devkitc")
-    b = fleet.add_badge("bob", firmware_dir=str(FIRMWARE), position=(1.5, 0.0), board="esp32-devkitc")
-    for x in (a, b):
-        provision(x, x.name)
-    fleet.power_on_all()
-    a.set_clock()
-    b.set_clock()
-    return fleet, a, b
-
-
-def _transport(url):
-    from mpremote.transport_serial import SerialTransport
-
-    t = SerialTransport(url, baudrate=115200)
-    t.enter_raw_repl(soft_reset=False)
-    return t
-
-
-def _call(t, code):
-    out = t.exec(code)
-    return json.loads(out.decode().strip().splitlines()[-1])
+def pair(tmp_path):
+    return robust_pair(tmp_path, backend="vm")
 
 
 def host_call(badge, code):
