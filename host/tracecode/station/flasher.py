@@ -421,10 +421,10 @@ def _locked_check(port: BadgePort, opts: FlashOptions, db: Database, refuse) -> 
     """The raw REPL did not answer: is it a locked badge (protocol 2)? Then only its paired
     station may go on, and only with a new image (esptool); the firmware files of a locked
     badge are changed with `tracecode update`, or after `tracecode unlock`."""
-    from .link import probe_locked
+    from .link import PROBE_TIMEOUT_S, probe_locked
 
     try:
-        link = probe_locked(port.device, 1.5)
+        link = probe_locked(port.device, PROBE_TIMEOUT_S)
     except Exception:  # noqa: BLE001 - no port, no badge: the caller's error stands
         return
     if link is None:

@@ -82,9 +82,8 @@ def gone():
     """The host closed the link (it died without killing this VM): sleep for good. Reading
     the closed socket again would return at once, and an orphaned badge would spin a CPU."""
     import select
-    select._poll().poll(-1)      # nothing registered: only a signal ends this wait
     while True:
-        select._poll().poll(-1)
+        select._poll().poll(-1)  # nothing registered: only a signal ends this wait
 
 
 def halt():
